@@ -1,0 +1,19 @@
+"""hooked: a transformer whose every activation can be read and edited, with Hugging Face's numbers."""
+
+from hooked import utils
+from hooked.activation_cache import ActivationCache
+from hooked.config import HookedTransformerConfig, RopeScaling
+from hooked.factored_matrix import FactoredMatrix
+from hooked.hook_points import HookedRootModule, HookPoint
+from hooked.model import HookedTransformer
+
+__all__ = [
+    "ActivationCache",
+    "FactoredMatrix",
+    "HookPoint",
+    "HookedRootModule",
+    "HookedTransformer",
+    "HookedTransformerConfig",
+    "RopeScaling",
+    "utils",
+]

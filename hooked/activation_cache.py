@@ -1,0 +1,93 @@
+"""ActivationCache: the activations of one run, keyed by hook name, with shorthand lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hooked.utils import Slice, get_act_name
+
+
+class ActivationCache(Mapping):
+    """A read-only mapping from hook name to tensor.
+
+    `cache["pattern", 0]`, `cache["resid_pre", -1]`, `cache["scale"]` and `cache["normalized", 1, "ln2"]`
+    expand with `utils.get_act_name`; negative layers count from the end.
+    """
+
+    def __init__(self, cache_dict: dict[str, Tensor], model, has_batch_dim: bool = True) -> None:
+        self.cache_dict = cache_dict
+        self.model = model
+        self.has_batch_dim = has_batch_dim
+        self.has_embed = "hook_embed" in cache_dict
+        self.has_pos_embed = "hook_pos_embed" in cache_dict
+
+    # ---- mapping behaviour -------------------------------------------------------------------
+
+    def _key(self, key: str | tuple) -> str:
+        if isinstance(key, str):
+            return key if key in self.cache_dict else get_act_name(key)
+        name, *rest = key
+        layer = rest[0] if rest else None
+        if isinstance(layer, int) and layer < 0:
+            layer += self.model.cfg.n_layers
+        return get_act_name(name, layer, rest[1] if len(rest) > 1 else None)
+
+    def __getitem__(self, key: str | tuple) -> Tensor:
+        name = self._key(key)
+        if name not in self.cache_dict:
+            raise KeyError(
+                f"{name!r} is not in this cache ({len(self.cache_dict)} entries). Was it excluded by names_filter?"
+            )
+        return self.cache_dict[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.cache_dict)
+
+    def __len__(self) -> int:
+        return len(self.cache_dict)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return self._key(key) in self.cache_dict
+        except ValueError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"ActivationCache with keys {list(self.cache_dict)}"
+
+    # ---- whole-cache operations --------------------------------------------------------------
+
+    def to(self, device: torch.device | str, move_model: bool = False) -> ActivationCache:
+        """Move every tensor (in place) and return self."""
+        self.cache_dict = {name: t.to(device) for name, t in self.cache_dict.items()}
+        if move_model:
+            self.model.to(device)
+        return self
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch axis (the run must have had batch size 1). In place; returns self."""
+        if not self.has_batch_dim:
+            return self
+        sizes = {t.shape[0] for t in self.cache_dict.values() if t.ndim}
+        if sizes - {1}:
+            raise ValueError(f"remove_batch_dim needs batch size 1, but the cache has batch sizes {sorted(sizes)}.")
+        self.cache_dict = {name: t[0] for name, t in self.cache_dict.items()}
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice: Slice | int | tuple | list | None) -> ActivationCache:
+        """A new cache holding only some rows of the batch (an int drops the batch axis)."""
+        batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
+        if not self.has_batch_dim:
+            raise ValueError("This cache has no batch axis to slice.")
+        sliced = {name: batch_slice.apply(t, dim=0) for name, t in self.cache_dict.items()}
+        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice.slice, int))
+
+    def toggle_autodiff(self, mode: bool = False) -> None:
+        """Globally enable or disable autograd (as TransformerLens's helper did). Cached tensors are
+        detached either way; this only governs computations you run on them."""
+        torch.set_grad_enabled(mode)

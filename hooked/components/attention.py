@@ -1,0 +1,120 @@
+"""Multi-head, grouped-query and multi-query causal self-attention.
+
+Weights are stored in the TransformerLens layout users index into (`W_Q[head]` is [d_model, d_head]),
+but laid out in memory as Hugging Face's fused projections, so the unhooked path runs the same
+single matmuls (`_fused`) and torch's `scaled_dot_product_attention`. When a hook needs the attention
+scores or pattern, the explicit path computes them; when a hook needs per-head results, they are
+computed too. A hook that leaves its activation unchanged leaves the output bit-identical.
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from hooked.components.embeddings import apply_rotary
+from hooked.config import HookedTransformerConfig
+from hooked.hook_points import HookPoint
+
+Rotary = tuple[Tensor, Tensor]
+
+
+def head_weight(n_heads: int, d_in: int, d_out: int) -> nn.Parameter:
+    """An empty [n_heads, d_in, d_out] weight laid out in memory as a fused [n_heads * d_out, d_in] matrix."""
+    fused = torch.empty(n_heads * d_out, d_in)
+    return nn.Parameter(einops.rearrange(fused, "(n h) m -> n m h", n=n_heads))
+
+
+def _fused(w: Float[Tensor, "n_heads d_in d_head"]) -> Float[Tensor, "n_heads_d_head d_in"]:
+    """[n, d_in, h] -> the [n * h, d_in] matrix F.linear takes; a view when the layout is fused."""
+    return w.permute(0, 2, 1).reshape(-1, w.shape[1])
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """x @ W (+ b) per head; x is shared [batch, pos, d_model] or per head [batch, pos, n_heads, d_model]."""
+    if x.ndim == 3:
+        out = F.linear(x, _fused(w), None if b is None else b.flatten())
+        return out.unflatten(-1, (w.shape[0], w.shape[2]))
+    out = torch.einsum("bpnm,nmh->bpnh", x, w)
+    return out + b if b is not None else out
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        H, Hkv, D, Dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
+        self.cfg = cfg
+        self.use_sdpa = True  # model.set_attn_implementation switches it
+        self.W_Q = head_weight(H, D, Dh)
+        self.W_K = head_weight(Hkv, D, Dh)
+        self.W_V = head_weight(Hkv, D, Dh)
+        self.W_O = nn.Parameter(einops.rearrange(torch.empty(D, H * Dh), "m (n h) -> n h m", n=H))
+        qkv_bias = cfg.attn_qkv_bias
+        self.b_Q = nn.Parameter(torch.zeros(H, Dh)) if qkv_bias else None
+        self.b_K = nn.Parameter(torch.zeros(Hkv, Dh)) if qkv_bias else None
+        self.b_V = nn.Parameter(torch.zeros(Hkv, Dh)) if qkv_bias else None
+        self.b_O = nn.Parameter(torch.zeros(D)) if cfg.attn_out_bias else None
+
+        self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        self.hook_v = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        if cfg.positional_embedding_type == "rotary":
+            self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
+
+    def forward(
+        self,
+        q_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_heads d_model"],
+        k_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_kv_heads d_model"],
+        v_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_kv_heads d_model"],
+        rotary: Rotary | None,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(_project(q_input, self.W_Q, self.b_Q))
+        k = self.hook_k(_project(k_input, self.W_K, self.b_K))
+        v = self.hook_v(_project(v_input, self.W_V, self.b_V))
+        if rotary is not None:
+            q = self.hook_rot_q(apply_rotary(q, *rotary))
+            k = self.hook_rot_k(apply_rotary(k, *rotary))
+        z = self.hook_z(self._attend(q, k, v, mask))
+        return self._write(z)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Float[Tensor, "batch pos n_heads d_head"]:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, pos, d_head]
+        groups = self.cfg.n_key_value_groups
+        if self.use_sdpa and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
+            z = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.cfg.attn_scale,
+                enable_gqa=groups > 1,
+            )
+            return z.transpose(1, 2)
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-1, -2)) / self.cfg.attn_scale
+        if mask is None:
+            n_q, n_k = scores.shape[-2:]
+            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).tril(n_k - n_q)
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        # Softmax in float32 as Hugging Face does: half-precision exponentials lose the small weights.
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
+        return (pattern @ v).transpose(1, 2)
+
+    def _write(self, z: Float[Tensor, "batch pos n_heads d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        fused_out = self.W_O.permute(2, 0, 1).flatten(1)  # [d_model, n_heads * d_head], a view
+        if not self.hook_result.has_hooks:
+            return F.linear(z.flatten(-2), fused_out, self.b_O)
+        result = torch.einsum("bpnh,nhm->bpnm", z, self.W_O)
+        # An unchanged result keeps the fused (bit-identical) path; gradients need the per-head one.
+        reference = None if self.hook_result.has_backward_hooks else result.clone()
+        result = self.hook_result(result)
+        if reference is not None and torch.equal(result, reference):
+            return F.linear(z.flatten(-2), fused_out, self.b_O)
+        out = result.sum(dim=2)
+        return out + self.b_O if self.b_O is not None else out

@@ -1,0 +1,69 @@
+"""A pre-norm transformer block, written as the residual-stream equation."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from hooked.components.attention import Attention, Rotary
+from hooked.components.mlp import MLP, GatedMLP
+from hooked.components.norms import make_norm
+from hooked.config import HookedTransformerConfig
+from hooked.hook_points import HookPoint
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_groups = cfg.n_heads, cfg.n_key_value_groups
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_in = HookPoint()  # [batch, pos, n_heads, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model]
+        self.hook_k_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
+        self.hook_v_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
+        self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+        self.attn = Attention(cfg)
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
+        self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
+        self.ln2 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+        self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        rotary: Rotary | None,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+    def attn_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The normalized query, key and value inputs: shared, or per head when a hook asks for them.
+
+        Per-head copies (`hook_attn_in`, `hook_q_input`, ...) are of the residual before ln1, which is
+        then applied to each copy (so ln1's hooks see a head axis). For grouped-query models the key and
+        value inputs of kv head g are copied from the attn_in of query head g * n_heads / n_kv_heads.
+        If the hooks change nothing, the shared path runs and the numbers are bit-identical.
+        """
+        split_hooks = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
+        if not any(hp.has_hooks for hp in split_hooks):
+            x = self.ln1(resid_pre)
+            return x, x, x
+        attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).repeat(1, 1, self.n_heads, 1))
+        q_in = self.hook_q_input(attn_in.clone())
+        kv_in = attn_in[:, :, :: self.n_kv_groups]
+        k_in = self.hook_k_input(kv_in.clone())
+        v_in = self.hook_v_input(kv_in.clone())
+        needs_grad = any(hp.has_backward_hooks for hp in split_hooks)
+        if not needs_grad and all(torch.equal(t, resid_pre.unsqueeze(2).expand_as(t)) for t in (q_in, k_in, v_in)):
+            x = self.ln1(resid_pre)
+            return x, x, x
+        return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)

@@ -1,0 +1,71 @@
+"""Feed-forward layers: the standard MLP and the gated MLP (SwiGLU/GeGLU, Shazeer 2020)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from hooked.config import HookedTransformerConfig
+from hooked.hook_points import HookPoint
+
+
+def gelu_new(x: Tensor) -> Tensor:
+    """GPT-2's tanh approximation of GELU, written out as Hugging Face's NewGELUActivation is."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACTIVATIONS = {
+    "gelu_new": gelu_new,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
+def in_weight(d_in: int, d_out: int) -> nn.Parameter:
+    """An empty [d_in, d_out] weight stored as the transpose of a contiguous [d_out, d_in] (Linear's layout)."""
+    return nn.Parameter(torch.empty(d_out, d_in).T)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.W_in = in_weight(cfg.d_model, cfg.d_mlp)
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
+        self.W_out = in_weight(cfg.d_mlp, cfg.d_model)
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.mlp_bias else None
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
+        post = self.hook_post(self.act(pre))
+        return F.linear(post, self.W_out.T, self.b_out)
+
+
+class GatedMLP(nn.Module):
+    # Same as MLP except: post = act(x W_gate) * (x W_in).
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__()
+        self.act = ACTIVATIONS[cfg.act_fn]
+        self.W_gate = in_weight(cfg.d_model, cfg.d_mlp)
+        self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
+        self.W_in = in_weight(cfg.d_model, cfg.d_mlp)
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
+        self.W_out = in_weight(cfg.d_mlp, cfg.d_model)
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.mlp_bias else None
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]  the gate branch, before the activation
+        self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]  the linear branch
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
+        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+        post = self.hook_post(self.act(pre) * pre_linear)
+        return F.linear(post, self.W_out.T, self.b_out)

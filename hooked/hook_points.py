@@ -1,0 +1,275 @@
+"""Hook points: named identity modules through which every activation passes.
+
+A `HookPoint` returns its input unchanged unless a hook function is attached, in which case the
+hook sees the activation (and the HookPoint, for its name, layer and `ctx`) and may return a
+replacement. `HookedRootModule` names every HookPoint in a module tree by its path and offers the
+hook-management API that TransformerLens users know (`add_hook`, `hooks()`, `run_with_hooks`,
+`run_with_cache`). It works on any `nn.Module` tree, not only on transformers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+Direction = Literal["fwd", "bwd"]
+
+
+class HookPoint(nn.Module):
+    """An identity module that gives hook functions access to the activation passing through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name: str | None = None
+        self.ctx: dict[Any, Any] = {}
+        self._handles: list[tuple[RemovableHandle, bool]] = []  # (handle, is_permanent)
+
+    @property
+    def has_hooks(self) -> bool:
+        """Whether any forward or backward hook is attached (components use it to pick a fast path)."""
+        return bool(self._handles)
+
+    @property
+    def has_backward_hooks(self) -> bool:
+        return bool(self._backward_hooks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def layer(self) -> int:
+        """The block index in this hook's name (`blocks.3.attn.hook_q` -> 3)."""
+        match = re.search(r"blocks\.(\d+)\.", self.name or "")
+        if match is None:
+            raise ValueError(f"Hook point {self.name!r} is not inside a block, so it has no layer index.")
+        return int(match.group(1))
+
+    def add_hook(self, fn: HookFn, dir: Direction = "fwd", is_permanent: bool = False, prepend: bool = False) -> None:
+        """Attach `fn(activation, hook)`; a returned tensor replaces the activation (or its gradient)."""
+        if dir == "fwd":
+            handle = self.register_forward_hook(self._wrap_forward(fn), prepend=prepend)
+        elif dir == "bwd":
+            # Registering a full backward hook on an identity module makes autograd hand us the
+            # gradient of the activation itself.
+            handle = self.register_full_backward_hook(self._wrap_backward(fn), prepend=prepend)
+        else:
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
+        self._handles.append((handle, is_permanent))
+
+    def remove_hooks(self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False) -> None:
+        kept = []
+        for handle, permanent in self._handles:
+            is_fwd = handle.id in self._forward_hooks
+            matches_dir = dir == "both" or (dir == "fwd") == is_fwd
+            if matches_dir and (including_permanent or not permanent):
+                handle.remove()
+            else:
+                kept.append((handle, permanent))
+        self._handles = kept
+        if not kept:
+            self.ctx.clear()
+
+    def clear_context(self) -> None:
+        self.ctx.clear()
+
+    def _wrap_forward(self, fn: HookFn):
+        def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> Tensor | None:
+            result = fn(output, self)
+            if result is None:
+                return None
+            if not isinstance(result, Tensor):
+                raise TypeError(f"Hook on {self.name!r} returned {type(result).__name__}; return a Tensor or None.")
+            if result.shape != output.shape:
+                raise ValueError(
+                    f"Hook on {self.name!r} returned shape {tuple(result.shape)} but the activation has shape "
+                    f"{tuple(output.shape)}; a hook must return a tensor of the activation's shape (or None)."
+                )
+            return result
+
+        return forward_hook
+
+    def _wrap_backward(self, fn: HookFn):
+        def backward_hook(module: nn.Module, grad_input, grad_output) -> tuple[Tensor] | None:
+            grad = grad_output[0]
+            result = fn(grad, self)
+            if result is None:
+                return None
+            if result.shape != grad.shape:
+                raise ValueError(
+                    f"Backward hook on {self.name!r} returned shape {tuple(result.shape)} but the gradient has "
+                    f"shape {tuple(grad.shape)}."
+                )
+            return (result,)
+
+        return backward_hook
+
+
+def _name_predicate(names: NamesFilter) -> Callable[[str], bool]:
+    if names is None:
+        return lambda name: True
+    if isinstance(names, str):
+        return lambda name: name == names
+    if callable(names):
+        return names
+    wanted = set(names)
+    return lambda name: name in wanted
+
+
+class HookedRootModule(nn.Module):
+    """Base for a module tree whose HookPoints are addressed by name. Call `setup()` after building."""
+
+    def setup(self) -> None:
+        self.mod_dict: dict[str, nn.Module] = {}
+        self.hook_dict: dict[str, HookPoint] = {}
+        for name, module in self.named_modules():
+            if name == "":
+                continue
+            module.name = name  # type: ignore[assignment]
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                self.hook_dict[name] = module
+
+    def hook_points(self) -> Iterator[HookPoint]:
+        return iter(self.hook_dict.values())
+
+    # ---- adding and removing hooks -------------------------------------------------------
+
+    def _resolve(self, name: str) -> HookPoint:
+        if name in self.hook_dict:
+            return self.hook_dict[name]
+        close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise KeyError(f"No hook point named {name!r}.{hint} (`model.hook_dict` lists all {len(self.hook_dict)}.)")
+
+    def _matching(self, name_or_filter: str | Callable[[str], bool] | Sequence[str]) -> list[HookPoint]:
+        if isinstance(name_or_filter, str):
+            return [self._resolve(name_or_filter)]
+        if not callable(name_or_filter):
+            return [self._resolve(name) for name in name_or_filter]
+        return [hp for name, hp in self.hook_dict.items() if name_or_filter(name)]
+
+    def add_hook(
+        self,
+        name_or_filter: str | Callable[[str], bool] | Sequence[str],
+        hook: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Attach `hook` to the named hook point, or to every hook point whose name passes the filter."""
+        for hook_point in self._matching(name_or_filter):
+            hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
+
+    def add_perma_hook(self, name_or_filter, hook: HookFn, dir: Direction = "fwd") -> None:
+        self.add_hook(name_or_filter, hook, dir=dir, is_permanent=True)
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: Direction | Literal["both"] = "both",
+                    including_permanent: bool = False) -> None:
+        for hook_point in self.hook_dict.values():
+            hook_point.remove_hooks(direction, including_permanent=including_permanent)
+            if clear_contexts:
+                hook_point.clear_context()
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple] = (), bwd_hooks: Sequence[tuple] = (), reset_hooks_end: bool = True,
+              clear_contexts: bool = False):
+        """Context manager: the given hooks are active inside, and removed on exit (also on error)."""
+        try:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn, dir="fwd")
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd")
+            yield self
+        finally:
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts=clear_contexts)
+
+    def run_with_hooks(self, *model_args, fwd_hooks: Sequence[tuple] = (), bwd_hooks: Sequence[tuple] = (),
+                       reset_hooks_end: bool = True, clear_contexts: bool = False, **model_kwargs):
+        """Run the forward pass with temporary hooks, given as (name or filter, fn) pairs."""
+        if bwd_hooks and reset_hooks_end:
+            # Backward hooks fire during a later .backward(); removing them at the end of forward
+            # would silently drop them.
+            raise ValueError("Backward hooks need reset_hooks_end=False (call model.reset_hooks() after backward).")
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self(*model_args, **model_kwargs)
+
+    # ---- caching --------------------------------------------------------------------------
+
+    def get_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict, list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
+        """Hooks that store activations (and with `incl_bwd`, gradients as `<name>_grad`) in `cache`."""
+        from hooked.utils import Slice
+
+        cache = {} if cache is None else cache
+        wanted = _name_predicate(names_filter)
+        slicer = Slice(pos_slice)
+
+        def store(key: str):
+            def hook(tensor: Tensor, hook: HookPoint) -> None:
+                kept = tensor.detach()
+                if pos_slice is not None:
+                    kept = slicer.apply(kept, dim=_pos_dim(hook.name, kept))
+                if remove_batch_dim:
+                    kept = kept[0]
+                cache[key] = kept.to(device) if device is not None else kept
+
+            return hook
+
+        names = [name for name in self.hook_dict if wanted(name)]
+        fwd = [(name, store(name)) for name in names]
+        bwd = [(name, store(name + "_grad")) for name in names] if incl_bwd else []
+        return cache, fwd, bwd
+
+    def add_caching_hooks(self, names_filter: NamesFilter = None, incl_bwd: bool = False,
+                          device: torch.device | str | None = None, remove_batch_dim: bool = False,
+                          cache: dict | None = None) -> dict:
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
+        for name, fn in fwd:
+            self.add_hook(name, fn, dir="fwd")
+        for name, fn in bwd:
+            self.add_hook(name, fn, dir="bwd")
+        return cache
+
+    def run_with_cache(self, *model_args, names_filter: NamesFilter = None, device=None,
+                       remove_batch_dim: bool = False, incl_bwd: bool = False, reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, pos_slice: Any = None, return_cache_object: bool = True,
+                       **model_kwargs):
+        """Run forward and return (output, cache of every activation the filter selects).
+
+        With `incl_bwd=True` the output (which must be a scalar, e.g. `return_type="loss"`) is
+        back-propagated here and gradients land in the cache as `<name>_grad`.
+        """
+        from hooked.activation_cache import ActivationCache
+
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim,
+                                                 pos_slice=pos_slice)
+        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
+            output = self(*model_args, **model_kwargs)
+            if incl_bwd:
+                output.backward()
+        if not return_cache_object:
+            return output, cache
+        return output, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+
+def _pos_dim(name: str | None, tensor: Tensor) -> int:
+    """The position axis of an activation, for `pos_slice` caching: attention patterns are indexed by query."""
+    if name is not None and (name.endswith("hook_pattern") or name.endswith("hook_attn_scores")):
+        return -2
+    return 1 if tensor.ndim >= 2 else 0

@@ -1,0 +1,73 @@
+"""What a model family is to the loader: a config mapping and a weight table.
+
+A family adapter maps the Hugging Face config to `HookedTransformerConfig` fields and names, for
+each canonical parameter, the checkpoint tensor it comes from and the transform that reshapes it.
+The registry is keyed by the checkpoint's `architectures[0]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hooked.config import HookedTransformerConfig, RopeScaling
+from loading.transforms import Copy
+
+WeightTable = dict[str, Copy]  # canonical parameter name (with {i} for the layer) -> transform
+
+
+class UnsupportedConfigError(ValueError):
+    """A config field would change the numbers in a way the adapter does not implement."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    config: Callable[[dict[str, Any]], dict[str, Any]]  # HF config dict -> HookedTransformerConfig kwargs
+    weights: Callable[[HookedTransformerConfig], WeightTable]
+    ignored: tuple[str, ...] = ()  # regexes of checkpoint tensors that hold no weights (old buffers)
+    prefix: str = ""  # prefix of the base model's tensors, added when a checkpoint omits it
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register(architecture: str, adapter: Adapter) -> None:
+    ADAPTERS[architecture] = adapter
+
+
+def require(hf: dict[str, Any], field: str, allowed: tuple, default: Any = None) -> Any:
+    """The value of `field`, which must be one of `allowed`; otherwise a clear error naming it."""
+    value = hf.get(field, default)
+    if value not in allowed:
+        arch = (hf.get("architectures") or ["?"])[0]
+        raise UnsupportedConfigError(
+            f"{arch}: config field {field}={value!r} is not supported (supported: {', '.join(map(repr, allowed))}); "
+            "loading it anyway would give numbers that differ from Hugging Face's."
+        )
+    return value
+
+
+def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
+    """Rotary settings from either the transformers-5 `rope_parameters` or the older `rope_theta`/`rope_scaling`."""
+    params = dict(hf.get("rope_parameters") or {})
+    params.update(hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    require({"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type",
+            ("default", "linear", "llama3"))
+    scaling = None
+    if rope_type == "linear":
+        scaling = RopeScaling("linear", float(params["factor"]))
+    elif rope_type == "llama3":
+        scaling = RopeScaling(
+            "llama3", float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"]),
+            int(params["original_max_position_embeddings"]),
+        )
+    return {
+        "positional_embedding_type": "rotary",
+        "rotary_base": float(theta),
+        "rotary_dim": int(d_head * partial),
+        "rope_scaling": scaling,
+    }

@@ -1,0 +1,82 @@
+"""Llama and its close relatives Mistral and Qwen2 (Hugging Face `modeling_llama.py` and siblings):
+RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooked.config import HookedTransformerConfig
+from loading.adapter import Adapter, WeightTable, register, require, rotary_fields
+from loading.transforms import Copy, Heads, Transpose
+
+ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+
+def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
+    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    return {
+        "d_model": hf["hidden_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_heads": hf["num_attention_heads"],
+        "n_key_value_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        "d_head": d_head,
+        "d_mlp": hf["intermediate_size"],
+        "d_vocab": hf["vocab_size"],
+        "n_ctx": hf["max_position_embeddings"],
+        "act_fn": require(hf, "hidden_act", ACTS),
+        "gated_mlp": True,
+        "normalization_type": "RMS",
+        "eps": hf["rms_norm_eps"],
+        **rotary_fields(hf, d_head),
+        "attn_qkv_bias": bool(hf.get("attention_bias", False)),
+        "attn_out_bias": bool(hf.get("attention_bias", False)),
+        "mlp_bias": bool(hf.get("mlp_bias", False)),
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+    }
+
+
+def mistral_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return {**llama_config(hf), "sliding_window": hf.get("sliding_window")}
+
+
+def qwen2_config(hf: dict[str, Any]) -> dict[str, Any]:
+    layer_types = set(hf.get("layer_types") or ["full_attention"])
+    require({**hf, "layer_types": tuple(sorted(layer_types))}, "layer_types", (("full_attention",),))
+    # Qwen2 hard-codes biases on q/k/v and none on the output projection or the MLP.
+    return {**llama_config(hf), "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
+
+
+def llama_weights(cfg: HookedTransformerConfig) -> WeightTable:
+    layer, attn, mlp = "model.layers.{i}", "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
+    table: WeightTable = {
+        "embed.W_E": Copy("model.embed_tokens.weight"),
+        "blocks.{i}.ln1.w": Copy(f"{layer}.input_layernorm.weight"),
+        "blocks.{i}.attn.W_Q": Heads(f"{attn}.q_proj.weight", "(n h) m -> n m h", n="n_heads"),
+        "blocks.{i}.attn.W_K": Heads(f"{attn}.k_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_V": Heads(f"{attn}.v_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_O": Heads(f"{attn}.o_proj.weight", "m (n h) -> n h m", n="n_heads"),
+        "blocks.{i}.ln2.w": Copy(f"{layer}.post_attention_layernorm.weight"),
+        "blocks.{i}.mlp.W_gate": Transpose(f"{mlp}.gate_proj.weight"),
+        "blocks.{i}.mlp.W_in": Transpose(f"{mlp}.up_proj.weight"),
+        "blocks.{i}.mlp.W_out": Transpose(f"{mlp}.down_proj.weight"),
+        "ln_final.w": Copy("model.norm.weight"),
+        "unembed.W_U": Transpose("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"),
+    }
+    if cfg.attn_qkv_bias:
+        table["blocks.{i}.attn.b_Q"] = Heads(f"{attn}.q_proj.bias", "(n h) -> n h", n="n_heads")
+        table["blocks.{i}.attn.b_K"] = Heads(f"{attn}.k_proj.bias", "(n h) -> n h", n="n_key_value_heads")
+        table["blocks.{i}.attn.b_V"] = Heads(f"{attn}.v_proj.bias", "(n h) -> n h", n="n_key_value_heads")
+    if cfg.attn_out_bias:
+        table["blocks.{i}.attn.b_O"] = Copy(f"{attn}.o_proj.bias")
+    if cfg.mlp_bias:
+        table["blocks.{i}.mlp.b_gate"] = Copy(f"{mlp}.gate_proj.bias")
+        table["blocks.{i}.mlp.b_in"] = Copy(f"{mlp}.up_proj.bias")
+        table["blocks.{i}.mlp.b_out"] = Copy(f"{mlp}.down_proj.bias")
+    return table
+
+
+IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
+
+register("LlamaForCausalLM", Adapter(llama_config, llama_weights, IGNORED, prefix="model."))
+register("MistralForCausalLM", Adapter(mistral_config, llama_weights, IGNORED, prefix="model."))
+register("Qwen2ForCausalLM", Adapter(qwen2_config, llama_weights, IGNORED, prefix="model."))
