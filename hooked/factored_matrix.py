@@ -1,0 +1,177 @@
+"""A matrix kept as the product of two factors, A @ B, without ever building the product.
+
+Attention heads are low-rank: the QK circuit W_Q @ W_K^T and the OV circuit W_V @ W_O are
+d_model x d_model matrices of rank at most d_head (Elhage et al. 2021, "A Mathematical Framework
+for Transformer Circuits"). `FactoredMatrix(A, B)` stores A [..., l, m] and B [..., m, r] and
+answers questions about A @ B (products, SVD, eigenvalues, norm) through the small factors, so the
+cost scales with the inner dim m rather than with l * r.
+
+Conventions:
+- Leading (batch) dims of A and B broadcast, and both are stored broadcast to the common batch
+  shape (as views, no copy), so `fm.A` may have more dims than the tensor passed in.
+- `svd()` follows torch: AB == U @ diag(S) @ Vh, with U [..., l, k], S [..., k], Vh [..., k, r],
+  k = min(l, m, r), S descending.
+- Products stay factored and keep the smallest available inner dim: fm @ X has inner dim
+  min(m, r), X @ fm has min(l, m). A 1-D operand gives a plain tensor.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from jaxtyping import Complex, Float
+from torch import Tensor
+
+
+class FactoredMatrix:
+    """The product A @ B of A [..., ldim, mdim] and B [..., mdim, rdim], kept factored."""
+
+    def __init__(self, A: Float[Tensor, "... ldim mdim"], B: Float[Tensor, "... mdim rdim"]) -> None:
+        if not (isinstance(A, Tensor) and isinstance(B, Tensor)) or A.ndim < 2 or B.ndim < 2:
+            raise ValueError("FactoredMatrix needs two tensors with at least 2 dims each")
+        if A.shape[-1] != B.shape[-2]:
+            raise ValueError(
+                f"FactoredMatrix inner dims do not match: A is {tuple(A.shape)} and B is {tuple(B.shape)} "
+                f"(A.shape[-1]={A.shape[-1]} != B.shape[-2]={B.shape[-2]})"
+            )
+        self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
+        batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+        self.A = A.broadcast_to(*batch, self.ldim, self.mdim)
+        self.B = B.broadcast_to(*batch, self.mdim, self.rdim)
+        self.shape = torch.Size((*batch, self.ldim, self.rdim))
+        self._svd: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def pair(self) -> tuple[Float[Tensor, "... ldim mdim"], Float[Tensor, "... mdim rdim"]]:
+        return self.A, self.B
+
+    @property
+    def AB(self) -> Float[Tensor, "... ldim rdim"]:
+        """The full product, materialized."""
+        return self.A @ self.B
+
+    @property
+    def BA(self) -> Float[Tensor, "... mdim mdim"]:
+        """The inner product B @ A (only defined when the product is square, ldim == rdim)."""
+        if self.ldim != self.rdim:
+            raise ValueError(f"BA needs a square product (ldim == rdim), but ldim={self.ldim}, rdim={self.rdim}")
+        return self.B @ self.A
+
+    @property
+    def T(self) -> FactoredMatrix:
+        return FactoredMatrix(self.B.mT, self.A.mT)
+
+    def __matmul__(self, other: Any) -> FactoredMatrix | Float[Tensor, "... ldim"]:
+        if isinstance(other, FactoredMatrix):
+            if other.ldim != self.rdim:
+                raise ValueError(f"Cannot multiply: left rdim={self.rdim} != right ldim={other.ldim}")
+            # Going through other.A then other.B lets each step pick the smaller inner dim.
+            return (self @ other.A) @ other.B
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        if other.ndim == 0 or other.shape[-2 if other.ndim > 1 else 0] != self.rdim:
+            raise ValueError(f"Cannot multiply FactoredMatrix {tuple(self.shape)} by tensor {tuple(other.shape)}")
+        if other.ndim == 1:
+            # As a column, so a batched B @ v is not mistaken for a matrix by the next matmul.
+            return (self.A @ (self.B @ other[:, None]))[..., 0]
+        if self.rdim < self.mdim:
+            return FactoredMatrix(self.AB, other)
+        return FactoredMatrix(self.A, self.B @ other)
+
+    def __rmatmul__(self, other: Any) -> FactoredMatrix | Float[Tensor, "... rdim"]:
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        if other.ndim == 0 or other.shape[-1] != self.ldim:
+            raise ValueError(f"Cannot multiply tensor {tuple(other.shape)} by FactoredMatrix {tuple(self.shape)}")
+        if other.ndim == 1:
+            return ((other[None, :] @ self.A) @ self.B)[..., 0, :]
+        if self.ldim < self.mdim:
+            return FactoredMatrix(other, self.AB)
+        return FactoredMatrix(other @ self.A, self.B)
+
+    def __mul__(self, scalar: Any) -> FactoredMatrix:
+        is_scalar = isinstance(scalar, numbers.Number) or (isinstance(scalar, Tensor) and scalar.ndim == 0)
+        if not is_scalar:
+            raise TypeError(f"FactoredMatrix can only be multiplied by a scalar, got {type(scalar).__name__}")
+        return FactoredMatrix(self.A * scalar, self.B)
+
+    __rmul__ = __mul__
+
+    def svd(self) -> tuple[Float[Tensor, "... ldim k"], Float[Tensor, "... k"], Float[Tensor, "... k rdim"]]:
+        """(U, S, Vh) with AB == U @ diag(S) @ Vh, from QR of the factors and an SVD of a small core.
+
+        A = Qa Ra and B^H = Qb Rb give AB = Qa (Ra Rb^H) Qb^H, so only the core Ra Rb^H, at most
+        min(l, m) x min(r, m), is decomposed. Cached after the first call.
+        """
+        if self._svd is None:
+            Qa, Ra = torch.linalg.qr(self.A)
+            Qb, Rb = torch.linalg.qr(self.B.mH)
+            Uc, S, Vhc = torch.linalg.svd(Ra @ Rb.mH, full_matrices=False)
+            self._svd = (Qa @ Uc, S, Vhc @ Qb.mH)
+        return self._svd
+
+    @property
+    def U(self) -> Float[Tensor, "... ldim k"]:
+        return self.svd()[0]
+
+    @property
+    def S(self) -> Float[Tensor, "... k"]:
+        return self.svd()[1]
+
+    @property
+    def Vh(self) -> Float[Tensor, "... k rdim"]:
+        return self.svd()[2]
+
+    @property
+    def eigenvalues(self) -> Complex[Tensor, "... mdim"]:
+        """Eigenvalues of the small mdim x mdim matrix B @ A: its non-zero ones are exactly the
+        non-zero eigenvalues of the square product AB; the rest are zeros. Complex, unsorted."""
+        return torch.linalg.eigvals(self.BA)
+
+    def norm(self) -> Float[Tensor, "..."]:
+        """Frobenius norm of the product, per batch element."""
+        return self.S.pow(2).sum(-1).sqrt()
+
+    def __getitem__(self, idx: Any) -> FactoredMatrix:
+        """Index the leading (batch) dims only; the two matrix dims are always kept whole."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        full = (*idx, slice(None), slice(None))
+        return FactoredMatrix(self.A[full], self.B[full])
+
+    def get_corner(self, k: int = 3) -> Float[Tensor, "..."]:
+        """Top-left k x k x ... corner of the product (every dim, batch dims included, cut to k),
+        computed from the sliced factors."""
+        corner = self.A[..., :k, :] @ self.B[..., :, :k]
+        return corner[tuple(slice(None, k) for _ in range(corner.ndim))]
+
+    @property
+    def collapse_l(self) -> Float[Tensor, "... k rdim"]:
+        """S Vh, so that U @ collapse_l == AB: the product with its left side reduced to rank k."""
+        return self.S[..., :, None] * self.Vh
+
+    @property
+    def collapse_r(self) -> Float[Tensor, "... ldim k"]:
+        """U S, so that collapse_r @ Vh == AB: the product with its right side reduced to rank k."""
+        return self.U * self.S[..., None, :]
+
+    def unsqueeze(self, k: int) -> FactoredMatrix:
+        """Insert a size-1 batch dim at position k (negative k counts as in Tensor.unsqueeze)."""
+        pos = k if k >= 0 else k + self.ndim + 1
+        if not 0 <= pos <= self.ndim - 2:
+            raise ValueError(f"unsqueeze({k}) must insert a leading dim, before the last two of {self.ndim}")
+        return FactoredMatrix(self.A.unsqueeze(pos), self.B.unsqueeze(pos))
+
+    def make_even(self) -> FactoredMatrix:
+        """The same product as A' B' with A' = U sqrt(S) and B' = sqrt(S) Vh (balanced factors)."""
+        root = self.S.sqrt()
+        return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * self.Vh)
+
+    def __repr__(self) -> str:
+        return (f"FactoredMatrix(shape={tuple(self.shape)}, ldim={self.ldim}, mdim={self.mdim}, "
+                f"rdim={self.rdim}, dtype={self.A.dtype})")
