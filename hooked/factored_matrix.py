@@ -173,5 +173,7 @@ class FactoredMatrix:
         return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * self.Vh)
 
     def __repr__(self) -> str:
-        return (f"FactoredMatrix(shape={tuple(self.shape)}, ldim={self.ldim}, mdim={self.mdim}, "
-                f"rdim={self.rdim}, dtype={self.A.dtype})")
+        return (
+            f"FactoredMatrix(shape={tuple(self.shape)}, ldim={self.ldim}, mdim={self.mdim}, "
+            f"rdim={self.rdim}, dtype={self.A.dtype})"
+        )

@@ -196,13 +196,13 @@ class HookedTransformer(HookedRootModule):
     # ---- loading (see the loading package) ---------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> HookedTransformer:
+    def from_pretrained(cls, name_or_path=None, **kwargs) -> HookedTransformer:
         """Load a Hugging Face checkpoint (hub id, local folder, `.gguf` file, or `hf_model=`)."""
         from loading import load_pretrained
 
         return load_pretrained(name_or_path, **kwargs)
 
     @classmethod
-    def from_pretrained_no_processing(cls, name_or_path, **kwargs) -> HookedTransformer:
+    def from_pretrained_no_processing(cls, name_or_path=None, **kwargs) -> HookedTransformer:
         """Same as from_pretrained: the defaults already apply no weight processing."""
         return cls.from_pretrained(name_or_path, **kwargs)

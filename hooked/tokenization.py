@@ -69,8 +69,9 @@ def tokenize(
     return tokens.to(model.device), mask.to(model.device)
 
 
-def to_str_tokens(model: HookedTransformer, input, prepend_bos: bool | None = None,
-                  padding_side: PaddingSide | None = None) -> list[str] | list[list[str]]:
+def to_str_tokens(
+    model: HookedTransformer, input, prepend_bos: bool | None = None, padding_side: PaddingSide | None = None
+) -> list[str] | list[list[str]]:
     """Each token as a string: a list for one input, a list of lists for a batch (padding included)."""
     tokenizer = _tokenizer(model)
     if isinstance(input, list) and input and isinstance(input[0], str):

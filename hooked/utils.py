@@ -15,8 +15,16 @@ _ATTN_ACTS = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_s
 _MLP_ACTS = {"pre", "post", "mid", "pre_linear"}
 _NORM_ACTS = {"scale", "normalized"}
 _TOP_LEVEL = {"embed", "pos_embed", "tokens"}
-_ACT_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
-                "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
+_ACT_ALIASES = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "key": "k",
+    "query": "q",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_mid": "mid",
+    "mlp_post": "post",
+}
 _LAYER_TYPE_ALIASES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
 
 
@@ -66,8 +74,9 @@ def lm_cross_entropy_loss(
     return (losses * valid).sum() / valid.sum()
 
 
-def lm_accuracy(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
-                per_token: bool = False) -> Tensor:
+def lm_accuracy(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], per_token: bool = False
+) -> Tensor:
     """Fraction of positions whose argmax is the next token."""
     correct = logits[:, :-1].argmax(-1) == tokens[:, 1:].to(logits.device)
     return correct if per_token else correct.float().mean()
@@ -77,7 +86,8 @@ def to_numpy(tensor: Any) -> np.ndarray:
     if isinstance(tensor, np.ndarray):
         return tensor
     if isinstance(tensor, Tensor):
-        return tensor.detach().cpu().float().numpy() if tensor.dtype == torch.bfloat16 else tensor.detach().cpu().numpy()
+        tensor = tensor.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()  # numpy has no bfloat16
     return np.array(tensor)
 
 

@@ -55,14 +55,18 @@ def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
     rope_type = params.get("rope_type", params.get("type", "default"))
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    require({"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type",
-            ("default", "linear", "llama3"))
+    require(
+        {"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type", ("default", "linear", "llama3")
+    )
     scaling = None
     if rope_type == "linear":
         scaling = RopeScaling("linear", float(params["factor"]))
     elif rope_type == "llama3":
         scaling = RopeScaling(
-            "llama3", float(params["factor"]), float(params["low_freq_factor"]), float(params["high_freq_factor"]),
+            "llama3",
+            float(params["factor"]),
+            float(params["low_freq_factor"]),
+            float(params["high_freq_factor"]),
             int(params["original_max_position_embeddings"]),
         )
     return {

@@ -75,4 +75,3 @@ def rename(checkpoint, mapping: dict[str, str]):
             checkpoint.close()
 
     return Renamed()
-

@@ -7,6 +7,7 @@ ignored, and every parameter produced, or loading fails before a model is return
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,8 +22,13 @@ from loading.adapter import ADAPTERS, Adapter
 from loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint, rename
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
-PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases",
-                    "refactor_factored_attn_matrices")
+PROCESSING_FLAGS = (
+    "fold_ln",
+    "center_writing_weights",
+    "center_unembed",
+    "fold_value_biases",
+    "refactor_factored_attn_matrices",
+)
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -93,8 +99,10 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
-    if not (folder / "config.json").exists():
+    path = folder / "config.json"
+    if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json, so its architecture is unknown.")
+    adapter_for(json.loads(path.read_text()))  # an unsupported architecture fails here, by name
     from transformers import AutoConfig  # fills in the family's defaults for fields the file omits
 
     return AutoConfig.from_pretrained(folder).to_dict()
@@ -118,9 +126,14 @@ def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
     return architecture, ADAPTERS[architecture]
 
 
-def build(hf_config: dict[str, Any], checkpoint, dtype: torch.dtype = torch.float32,
-          device: torch.device = torch.device("cpu"), n_ctx: int | None = None,
-          first_n_layers: int | None = None) -> HookedTransformer:
+def build(
+    hf_config: dict[str, Any],
+    checkpoint,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = torch.device("cpu"),
+    n_ctx: int | None = None,
+    first_n_layers: int | None = None,
+) -> HookedTransformer:
     """Convert a checkpoint into a HookedTransformer, accounting for every tensor."""
     architecture, adapter = adapter_for(hf_config)
     fields = adapter.config(hf_config)
@@ -130,10 +143,14 @@ def build(hf_config: dict[str, Any], checkpoint, dtype: torch.dtype = torch.floa
         fields["n_ctx"] = n_ctx
     if first_n_layers is not None:
         fields["n_layers"] = first_n_layers
-    cfg = HookedTransformerConfig(**fields, original_architecture=architecture,
-                                  model_name=hf_config.get("_name_or_path") or architecture)
-    table = {name.format(i=layer): t.format(layer) for name, t in adapter.weights(cfg).items()
-             for layer in (range(cfg.n_layers) if "{i}" in name else [0])}
+    cfg = HookedTransformerConfig(
+        **fields, original_architecture=architecture, model_name=hf_config.get("_name_or_path") or architecture
+    )
+    table = {
+        name.format(i=layer): t.format(layer)
+        for name, t in adapter.weights(cfg).items()
+        for layer in (range(cfg.n_layers) if "{i}" in name else [0])
+    }
     checkpoint = _with_prefix(checkpoint, adapter.prefix)
     _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
 
@@ -177,12 +194,11 @@ def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layer
     if missing:
         problems.append(f"missing tensors: {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
     if unexpected:
-        problems.append(
-            f"unexpected tensors: {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else "")
-        )
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else ""))
     if problems:
         raise CheckpointMismatchError(
-            "The checkpoint does not match its config: " + "; ".join(problems)
+            "The checkpoint does not match its config: "
+            + "; ".join(problems)
             + ". Is config.json from the same model as the weights?"
         )
 

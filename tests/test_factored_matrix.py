@@ -39,6 +39,7 @@ def nonzero(values, tol=1e-8):
 
 # --- construction and basic properties -------------------------------------------------------------
 
+
 def test_dims_shape_pair_and_repr():
     A, B = rand(5, 3), rand(3, 7)
     fm = FactoredMatrix(A, B)
@@ -108,6 +109,7 @@ def test_scalar_multiplication_both_sides():
 
 # --- products --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("l,m,r", SHAPES)
 def test_matmul_with_matrix_on_either_side(l, m, r):
     A, B = rand(l, m), rand(m, r)
@@ -165,6 +167,7 @@ def test_batched_products():
 
 
 # --- decompositions --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("l,m,r", SHAPES)
 def test_svd_reconstructs_and_matches_svdvals(l, m, r):
@@ -256,12 +259,19 @@ def test_make_even_keeps_product_and_balances_factors():
 
 # --- indexing and reshaping ------------------------------------------------------------------------
 
+
 def test_indexing_leading_dims():
     fm = FactoredMatrix(rand(4, 3, 5, 2), rand(2, 6))
     AB = fm.A @ fm.B
     # (index on the FactoredMatrix, the same selection written on the materialized product)
-    cases = [(0, 0), (slice(1, 3), slice(1, 3)), ((0, 2), (0, 2)), ((slice(None), 1), (slice(None), 1)),
-             ((..., 1), (slice(None), 1)), (torch.tensor([3, 0]), torch.tensor([3, 0]))]
+    cases = [
+        (0, 0),
+        (slice(1, 3), slice(1, 3)),
+        ((0, 2), (0, 2)),
+        ((slice(None), 1), (slice(None), 1)),
+        ((..., 1), (slice(None), 1)),
+        (torch.tensor([3, 0]), torch.tensor([3, 0])),
+    ]
     for idx, product_idx in cases:
         sub = fm[idx]
         assert isinstance(sub, FactoredMatrix)

@@ -86,12 +86,19 @@ class Attention(nn.Module):
         z = self.hook_z(self._attend(q, k, v, mask))
         return self._write(z)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Float[Tensor, "batch pos n_heads d_head"]:
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
+    ) -> Float[Tensor, "batch pos n_heads d_head"]:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, pos, d_head]
         groups = self.cfg.n_key_value_groups
         if self.use_sdpa and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
             z = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.cfg.attn_scale,
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=1 / self.cfg.attn_scale,
                 enable_gqa=groups > 1,
             )
             return z.transpose(1, 2)

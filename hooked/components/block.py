@@ -51,7 +51,7 @@ class Block(nn.Module):
         Per-head copies (`hook_attn_in`, `hook_q_input`, ...) are of the residual before ln1, which is
         then applied to each copy (so ln1's hooks see a head axis). For grouped-query models the key and
         value inputs of kv head g are copied from the attn_in of query head g * n_heads / n_kv_heads.
-        If the hooks change nothing, the shared path runs and the numbers are bit-identical.
+        An input its hooks left unchanged takes the shared path, so its numbers stay bit-identical.
         """
         split_hooks = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
         if not any(hp.has_hooks for hp in split_hooks):
@@ -62,8 +62,14 @@ class Block(nn.Module):
         kv_in = attn_in[:, :, :: self.n_kv_groups]
         k_in = self.hook_k_input(kv_in.clone())
         v_in = self.hook_v_input(kv_in.clone())
-        needs_grad = any(hp.has_backward_hooks for hp in split_hooks)
-        if not needs_grad and all(torch.equal(t, resid_pre.unsqueeze(2).expand_as(t)) for t in (q_in, k_in, v_in)):
-            x = self.ln1(resid_pre)
-            return x, x, x
-        return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
+        if any(hp.has_backward_hooks for hp in split_hooks):
+            return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
+        shared = None
+        inputs = []
+        for per_head in (q_in, k_in, v_in):
+            if torch.equal(per_head, resid_pre.unsqueeze(2).expand_as(per_head)):
+                shared = self.ln1(resid_pre) if shared is None else shared
+                inputs.append(shared)
+            else:
+                inputs.append(self.ln1(per_head))
+        return tuple(inputs)

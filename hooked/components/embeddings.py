@@ -10,6 +10,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked.config import HookedTransformerConfig
+from hooked.hook_points import HookPoint
 
 
 class Embed(nn.Module):
@@ -35,10 +36,12 @@ class Unembed(nn.Module):
         super().__init__()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab)) if cfg.unembed_bias else None
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         # W_U is stored [d_model, d_vocab] as users expect; .T is a free view for F.linear.
-        return F.linear(x, self.W_U.T, self.b_U)
+        return self.hook_out(F.linear(self.hook_in(x), self.W_U.T, self.b_U))
 
 
 class Rotary(nn.Module):

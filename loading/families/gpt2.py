@@ -52,10 +52,8 @@ def gpt2_weights(cfg: HookedTransformerConfig) -> WeightTable:
         "unembed.W_U": Transpose("transformer.wte.weight" if cfg.tie_word_embeddings else "lm_head.weight"),
     }
     for index, name in enumerate("QKV"):
-        table[f"blocks.{{i}}.attn.W_{name}"] = Heads(qkv_w, "m (three n h) -> three n m h", index, three=3,
-                                                    n="n_heads")
-        table[f"blocks.{{i}}.attn.b_{name}"] = Heads(qkv_b, "(three n h) -> three n h", index, three=3,
-                                                    n="n_heads")
+        table[f"blocks.{{i}}.attn.W_{name}"] = Heads(qkv_w, "m (three n h) -> three n m h", index, three=3, n="n_heads")
+        table[f"blocks.{{i}}.attn.b_{name}"] = Heads(qkv_b, "(three n h) -> three n h", index, three=3, n="n_heads")
     return table
 
 

