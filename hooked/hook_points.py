@@ -13,14 +13,14 @@ import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-HookFn = Callable[[Tensor, "HookPoint"], Union[Tensor, None]]
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 Direction = Literal["fwd", "bwd"]
 
 
@@ -31,7 +31,9 @@ class HookPoint(nn.Module):
         super().__init__()
         self.name: str | None = None
         self.ctx: dict[Any, Any] = {}
-        self._handles: list[tuple[RemovableHandle, bool]] = []  # (handle, is_permanent)
+        # (handle, is_permanent, level): `level` is the `hooks()` call that added the hook (None: added
+        # directly), so that leaving one context removes only that context's hooks.
+        self._handles: list[tuple[RemovableHandle, bool, int | None]] = []
 
     @property
     def has_hooks(self) -> bool:
@@ -52,7 +54,14 @@ class HookPoint(nn.Module):
             raise ValueError(f"Hook point {self.name!r} is not inside a block, so it has no layer index.")
         return int(match.group(1))
 
-    def add_hook(self, fn: HookFn, dir: Direction = "fwd", is_permanent: bool = False, prepend: bool = False) -> None:
+    def add_hook(
+        self,
+        fn: HookFn,
+        dir: Direction = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+        level: int | None = None,
+    ) -> None:
         """Attach `fn(activation, hook)`; a returned tensor replaces the activation (or its gradient)."""
         if dir == "fwd":
             handle = self.register_forward_hook(self._wrap_forward(fn), prepend=prepend)
@@ -62,20 +71,25 @@ class HookPoint(nn.Module):
             handle = self.register_full_backward_hook(self._wrap_backward(fn), prepend=prepend)
         else:
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
-        self._handles.append((handle, is_permanent))
+        self._handles.append((handle, is_permanent, level))
 
-    def remove_hooks(self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False) -> None:
+    def remove_hooks(
+        self, dir: Direction | Literal["both"] = "both", including_permanent: bool = False, level: int | None = None
+    ) -> None:
+        """Remove hooks (of one direction; permanent ones only if asked; of one `hooks()` level if given).
+
+        `ctx` is left alone: `reset_hooks(clear_contexts=...)` decides whether it is cleared.
+        """
         kept = []
-        for handle, permanent in self._handles:
+        for handle, permanent, hook_level in self._handles:
             is_fwd = handle.id in self._forward_hooks
             matches_dir = dir == "both" or (dir == "fwd") == is_fwd
-            if matches_dir and (including_permanent or not permanent):
+            matches_level = level is None or hook_level == level
+            if matches_dir and matches_level and (including_permanent or not permanent):
                 handle.remove()
             else:
-                kept.append((handle, permanent))
+                kept.append((handle, permanent, hook_level))
         self._handles = kept
-        if not kept:
-            self.ctx.clear()
 
     def clear_context(self) -> None:
         self.ctx.clear()
@@ -102,6 +116,10 @@ class HookPoint(nn.Module):
             result = fn(grad, self)
             if result is None:
                 return None
+            if not isinstance(result, Tensor):
+                raise TypeError(
+                    f"Backward hook on {self.name!r} returned {type(result).__name__}; return a Tensor or None."
+                )
             if result.shape != grad.shape:
                 raise ValueError(
                     f"Backward hook on {self.name!r} returned shape {tuple(result.shape)} but the gradient has "
@@ -163,37 +181,63 @@ class HookedRootModule(nn.Module):
         dir: Direction = "fwd",
         is_permanent: bool = False,
         prepend: bool = False,
+        level: int | None = None,
     ) -> None:
         """Attach `hook` to the named hook point, or to every hook point whose name passes the filter."""
         for hook_point in self._matching(name_or_filter):
-            hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend)
+            hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend, level=level)
 
     def add_perma_hook(self, name_or_filter, hook: HookFn, dir: Direction = "fwd") -> None:
         self.add_hook(name_or_filter, hook, dir=dir, is_permanent=True)
 
-    def reset_hooks(self, clear_contexts: bool = True, direction: Direction | Literal["both"] = "both",
-                    including_permanent: bool = False) -> None:
+    def reset_hooks(
+        self,
+        clear_contexts: bool = True,
+        direction: Direction | Literal["both"] = "both",
+        including_permanent: bool = False,
+        level: int | None = None,
+    ) -> None:
+        """Remove hooks (all non-permanent ones, or only those one `hooks()` call added when `level` is given)."""
         for hook_point in self.hook_dict.values():
-            hook_point.remove_hooks(direction, including_permanent=including_permanent)
+            hook_point.remove_hooks(direction, including_permanent=including_permanent, level=level)
             if clear_contexts:
                 hook_point.clear_context()
 
     @contextmanager
-    def hooks(self, fwd_hooks: Sequence[tuple] = (), bwd_hooks: Sequence[tuple] = (), reset_hooks_end: bool = True,
-              clear_contexts: bool = False):
-        """Context manager: the given hooks are active inside, and removed on exit (also on error)."""
+    def hooks(
+        self,
+        fwd_hooks: Sequence[tuple] = (),
+        bwd_hooks: Sequence[tuple] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ):
+        """Context manager: the given hooks are active inside, and removed on exit (also on error).
+
+        Only the hooks this call added are removed: hooks added with `add_hook`, by an enclosing
+        `hooks()` block or kept by an earlier `reset_hooks_end=False` call stay attached.
+        """
+        # A fresh level per call (never reused), so nested or earlier contexts keep their hooks.
+        level = getattr(self, "_last_hook_level", 0) + 1
+        self._last_hook_level = level
         try:
             for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd")
+                self.add_hook(name, fn, dir="fwd", level=level)
             for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd")
+                self.add_hook(name, fn, dir="bwd", level=level)
             yield self
         finally:
             if reset_hooks_end:
-                self.reset_hooks(clear_contexts=clear_contexts)
+                self.reset_hooks(clear_contexts=clear_contexts, level=level)
 
-    def run_with_hooks(self, *model_args, fwd_hooks: Sequence[tuple] = (), bwd_hooks: Sequence[tuple] = (),
-                       reset_hooks_end: bool = True, clear_contexts: bool = False, **model_kwargs):
+    def run_with_hooks(
+        self,
+        *model_args,
+        fwd_hooks: Sequence[tuple] = (),
+        bwd_hooks: Sequence[tuple] = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        **model_kwargs,
+    ):
         """Run the forward pass with temporary hooks, given as (name or filter, fn) pairs."""
         if bwd_hooks and reset_hooks_end:
             # Backward hooks fire during a later .backward(); removing them at the end of forward
@@ -236,9 +280,14 @@ class HookedRootModule(nn.Module):
         bwd = [(name, store(name + "_grad")) for name in names] if incl_bwd else []
         return cache, fwd, bwd
 
-    def add_caching_hooks(self, names_filter: NamesFilter = None, incl_bwd: bool = False,
-                          device: torch.device | str | None = None, remove_batch_dim: bool = False,
-                          cache: dict | None = None) -> dict:
+    def add_caching_hooks(
+        self,
+        names_filter: NamesFilter = None,
+        incl_bwd: bool = False,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+    ) -> dict:
         cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
         for name, fn in fwd:
             self.add_hook(name, fn, dir="fwd")
@@ -246,10 +295,19 @@ class HookedRootModule(nn.Module):
             self.add_hook(name, fn, dir="bwd")
         return cache
 
-    def run_with_cache(self, *model_args, names_filter: NamesFilter = None, device=None,
-                       remove_batch_dim: bool = False, incl_bwd: bool = False, reset_hooks_end: bool = True,
-                       clear_contexts: bool = False, pos_slice: Any = None, return_cache_object: bool = True,
-                       **model_kwargs):
+    def run_with_cache(
+        self,
+        *model_args,
+        names_filter: NamesFilter = None,
+        device=None,
+        remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+        pos_slice: Any = None,
+        return_cache_object: bool = True,
+        **model_kwargs,
+    ):
         """Run forward and return (output, cache of every activation the filter selects).
 
         With `incl_bwd=True` the output (which must be a scalar, e.g. `return_type="loss"`) is
@@ -257,8 +315,7 @@ class HookedRootModule(nn.Module):
         """
         from hooked.activation_cache import ActivationCache
 
-        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim,
-                                                 pos_slice=pos_slice)
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             output = self(*model_args, **model_kwargs)
             if incl_bwd:
