@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from jaxtyping import install_import_hook
 from transformers import AutoModelForCausalLM
+
+# Runtime shape checks on the numerical modules: their jaxtyping annotations are enforced while
+# testing (installed before any test module imports hooked). The hook system and FactoredMatrix are
+# left out because their tests check our own error messages for malformed arguments.
+install_import_hook(["hooked.components", "hooked.model", "hooked.activation_cache", "hooked.utils"],
+                    "beartype.beartype")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never hang
 

@@ -264,3 +264,12 @@ def test_gradients_flow_to_parameters(model):
     loss = model(torch.randint(0, 128, (2, 6)), return_type="loss")
     loss.backward()
     assert model.blocks[0].attn.W_Q.grad is not None and model.blocks[0].attn.W_Q.grad.abs().sum() > 0
+
+
+def test_runtime_shape_checks_are_on_in_tests():
+    """conftest installs jaxtyping's import hook: a wrongly shaped call fails at the signature."""
+    from jaxtyping import TypeCheckError
+
+    model = HookedTransformer(GPT2_LIKE)
+    with pytest.raises(TypeCheckError):
+        model.blocks[0].attn._write(torch.zeros(2, 3, 5))  # z must be [batch, pos, n_heads, d_head]
