@@ -18,6 +18,7 @@ from hooked.components.embeddings import Embed, PosEmbed, Rotary, Unembed
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookedRootModule, HookPoint
+from hooked.kv_cache import KVCache
 from hooked.utils import lm_cross_entropy_loss
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -73,28 +74,31 @@ class HookedTransformer(HookedRootModule):
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-        past_kv_cache=None,
+        past_kv_cache: KVCache | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
     ):
         """Logits [batch, pos, d_vocab], the loss, both, None, or (with `stop_at_layer`) the residual.
 
         `start_at_layer` takes the residual stream entering that block as `input` (pass `tokens` for a
         loss). `stop_at_layer` is exclusive and may be negative. A padded batch needs `attention_mask`
-        (computed for you from strings); positions then count real tokens only.
+        (computed for you from strings); positions then count real tokens only. `past_kv_cache` (a
+        `KVCache`) holds earlier tokens' keys and values: pass only the new tokens, and their mask.
         """
-        if past_kv_cache is not None:
-            raise NotImplementedError("past_kv_cache is not supported yet; run the full sequence instead.")
         if isinstance(input, (str, list)):
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
+        if past_kv_cache is not None and (start_at_layer or stop_at_layer is not None):
+            raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
         if start_at_layer is None:
             tokens = input
-            residual, positions, mask = self._embed(tokens, attention_mask)
+            residual, positions, mask = self._embed(tokens, attention_mask, past_kv_cache)
         else:
             residual = input
             positions, mask = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
         rotary = self.rotary(positions, residual.dtype) if hasattr(self, "rotary") else None
-        for block in self.blocks[start_at_layer:stop_at_layer]:
-            residual = block(residual, rotary, mask)
+        layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
+        for layer in layers:
+            past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
+            residual = self.blocks[layer](residual, rotary, mask, past_kv)
         if stop_at_layer is not None:
             return residual
         logits = self.unembed(self.ln_final(residual))
@@ -111,44 +115,55 @@ class HookedTransformer(HookedRootModule):
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
 
-    def _embed(self, tokens: Tensor, attention_mask: Tensor | None):
+    def _embed(self, tokens: Tensor, attention_mask: Tensor | None, cache: KVCache | None):
         if tokens.ndim == 1:
             tokens = tokens.unsqueeze(0)
         if tokens.is_floating_point():
             raise TypeError("Expected integer token ids (or pass start_at_layer to feed a residual stream).")
-        if tokens.shape[1] > self.cfg.n_ctx:
+        past = len(cache) if cache is not None else 0
+        if past + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
-                f"Input has {tokens.shape[1]} tokens but the model's context is n_ctx={self.cfg.n_ctx}; "
-                "truncate it (model.to_tokens(text, truncate=True)) or pass a shorter input."
+                f"Input has {past + tokens.shape[1]} tokens (with {past} cached) but the model's context is "
+                f"n_ctx={self.cfg.n_ctx}; truncate it (model.to_tokens(text, truncate=True)) or pass a shorter input."
             )
         tokens = self.hook_tokens(tokens.to(self.embed.W_E.device))
-        positions, mask = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device)
+        positions, mask = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device, cache)
         residual = self.hook_embed(self.embed(tokens))
         if hasattr(self, "pos_embed"):
             residual = residual + self.hook_pos_embed(self.pos_embed(positions))
         return residual, positions, mask
 
-    def _positions_and_mask(self, attention_mask: Tensor | None, batch: int, n_pos: int, device: torch.device):
-        """Positions count real tokens; the mask is None when plain causal attention is right."""
-        if attention_mask is None or bool(attention_mask.all()):
-            positions = torch.arange(n_pos, device=device).expand(batch, n_pos)
-            return positions, self._sliding(None, batch, n_pos, device)
-        attention_mask = attention_mask.to(device).bool()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()
-        mask = causal & attention_mask[:, None, None, :]
+    def _positions_and_mask(
+        self, attention_mask: Tensor | None, batch: int, n_new: int, device: torch.device, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Positions of the new tokens (counting real tokens only) and the attention mask
+        [batch, 1, n_new, past + n_new], or None when plain causal attention is right."""
+        past = len(cache) if cache is not None else 0
+        new_mask = (
+            torch.ones(batch, n_new, dtype=torch.long, device=device) if attention_mask is None else attention_mask
+        )
+        full_mask = cache.extend_mask(new_mask.to(device)) if cache is not None else new_mask.to(device)
+        total = past + n_new
+        if bool(full_mask.all()):
+            positions = torch.arange(past, total, device=device).expand(batch, n_new)
+            return positions, self._sliding(None, batch, n_new, total, device)
+        positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(past)
+        mask = causal & full_mask.bool()[:, None, None, :]
         # A padding query that sees no key would softmax to NaN; let it see itself (its output is unused).
-        mask = mask | torch.eye(n_pos, dtype=torch.bool, device=device)
-        return positions, self._sliding(mask, batch, n_pos, device)
+        itself = torch.zeros(n_new, total, dtype=torch.bool, device=device)
+        itself[torch.arange(n_new), torch.arange(past, total)] = True
+        return positions, self._sliding(mask | itself, batch, n_new, total, device)
 
-    def _sliding(self, mask: Tensor | None, batch: int, n_pos: int, device: torch.device) -> Tensor | None:
+    def _sliding(self, mask: Tensor | None, batch: int, n_new: int, total: int, device: torch.device) -> Tensor | None:
         window = self.cfg.sliding_window
-        if window is None or n_pos <= window:
+        if window is None or total <= window:
             return mask
-        idx = torch.arange(n_pos, device=device)
-        in_window = (idx[:, None] - idx[None, :]) < window
+        query = torch.arange(total - n_new, total, device=device)
+        in_window = (query[:, None] - torch.arange(total, device=device)[None, :]) < window
         if mask is None:
-            mask = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril().expand(batch, 1, n_pos, n_pos)
+            causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(total - n_new)
+            mask = causal.expand(batch, 1, n_new, total)
         return mask & in_window
 
     # ---- settings -----------------------------------------------------------------------------
@@ -192,6 +207,20 @@ class HookedTransformer(HookedRootModule):
 
     def get_token_position(self, single_token, input, mode="first", prepend_bos=None, padding_side=None) -> int:
         return tokenization.get_token_position(self, single_token, input, mode, prepend_bos, padding_side)
+
+    # ---- generation (see generation.py) ----------------------------------------------------
+
+    def generate(self, input="", max_new_tokens: int = 10, **kwargs):
+        """Continue `input` (str, list of str, or tokens); see `hooked.generation.generate`."""
+        from hooked.generation import generate
+
+        return generate(self, input, max_new_tokens, **kwargs)
+
+    def generate_stream(self, input, max_new_tokens: int = 10, **kwargs):
+        """Yield each step's new tokens; see `hooked.generation.generate_stream`."""
+        from hooked.generation import generate_stream
+
+        return generate_stream(self, input, max_new_tokens, **kwargs)
 
     # ---- loading (see the loading package) ---------------------------------------------------
 

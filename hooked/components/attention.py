@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from hooked.components.embeddings import apply_rotary
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
+from hooked.kv_cache import LayerKV
 
 Rotary = tuple[Tensor, Tensor]
 
@@ -76,13 +77,18 @@ class Attention(nn.Module):
         v_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_kv_heads d_model"],
         rotary: Rotary | None,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """`mask` None means plain causal attention; `past_kv` holds earlier positions' keys and values
+        (hooks on k and v see the new positions only, as the new tokens are all that is computed)."""
         q = self.hook_q(_project(q_input, self.W_Q, self.b_Q))
         k = self.hook_k(_project(k_input, self.W_K, self.b_K))
         v = self.hook_v(_project(v_input, self.W_V, self.b_V))
         if rotary is not None:
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
+        if past_kv is not None:
+            k, v = past_kv.append(k, v)
         z = self.hook_z(self._attend(q, k, v, mask))
         return self._write(z)
 
@@ -91,23 +97,19 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch pos n_heads d_head"]:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, pos, d_head]
         groups = self.cfg.n_key_value_groups
-        if self.use_sdpa and not (self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks):
+        n_q, n_k = q.shape[2], k.shape[2]
+        explicit = not self.use_sdpa or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        if mask is None and (explicit or n_q != n_k):
+            # Queries are the last n_q positions; SDPA's is_causal would align them with the first.
+            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+        if not explicit:
             z = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=1 / self.cfg.attn_scale,
-                enable_gqa=groups > 1,
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.cfg.attn_scale, enable_gqa=groups > 1
             )
             return z.transpose(1, 2)
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = (q @ k.transpose(-1, -2)) / self.cfg.attn_scale
-        if mask is None:
-            n_q, n_k = scores.shape[-2:]
-            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).tril(n_k - n_q)
         scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
         # Softmax in float32 as Hugging Face does: half-precision exponentials lose the small weights.
         pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))

@@ -11,6 +11,7 @@ from hooked.components.mlp import MLP, GatedMLP
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
+from hooked.kv_cache import LayerKV
 
 
 class Block(nn.Module):
@@ -38,9 +39,10 @@ class Block(nn.Module):
         resid_pre: Float[Tensor, "batch pos d_model"],
         rotary: Rotary | None,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask))
+        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
