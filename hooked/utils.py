@@ -148,8 +148,11 @@ def sample_logits(
     temperature: float = 1.0,
     freq_penalty: float = 0.0,
     tokens: Int[Tensor, "batch pos"] | None = None,
+    generator: torch.Generator | None = None,
 ) -> Int[Tensor, " batch"]:
     """One next token per row, sampled from the logits of the last position.
+
+    Negative entries of `tokens` (padding) are not counted; `generator` makes sampling reproducible.
 
     The logits (in float32) are divided by `temperature`, then each token loses `freq_penalty` times
     the number of times it occurs in its row of `tokens`. `top_k` keeps the k largest; `top_p` keeps
@@ -165,7 +168,8 @@ def sample_logits(
         if tokens is None:
             raise ValueError("freq_penalty needs the tokens so far: pass tokens=...")
         tokens = tokens.to(logits.device).reshape(logits.shape[0], -1)
-        counts = torch.zeros_like(logits).scatter_add_(-1, tokens, torch.ones_like(tokens, dtype=logits.dtype))
+        real = (tokens >= 0).to(logits.dtype)
+        counts = torch.zeros_like(logits).scatter_add_(-1, tokens.clamp(min=0), real)
         logits = logits - freq_penalty * counts
     if temperature == 0:
         return logits.argmax(-1)
@@ -184,7 +188,7 @@ def sample_logits(
         drop_sorted = mass_before >= top_p
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(-1)
+    return torch.multinomial(logits.softmax(-1), num_samples=1, generator=generator).squeeze(-1)
 
 
 def test_prompt(

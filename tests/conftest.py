@@ -19,8 +19,20 @@ from transformers import AutoModelForCausalLM
 # Runtime shape checks on the numerical modules: their jaxtyping annotations are enforced while
 # testing (installed before any test module imports hooked). The hook system and FactoredMatrix are
 # left out because their tests check our own error messages for malformed arguments.
-install_import_hook(["hooked.components", "hooked.model", "hooked.activation_cache", "hooked.utils"],
-                    "beartype.beartype")
+install_import_hook(
+    [
+        "hooked.components",
+        "hooked.model",
+        "hooked.activation_cache",
+        "hooked.utils",
+        "hooked.weights",
+        "hooked.cache_analysis",
+        "hooked.processing",
+        "hooked.generation",
+        "hooked.kv_cache",
+    ],
+    "beartype.beartype",
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the hub is unreachable here: fail fast, never hang
 

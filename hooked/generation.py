@@ -1,0 +1,149 @@
+"""Autoregressive generation with hooks active at every step, on a key-value cache.
+
+`generate_stream` yields each step's new tokens as they come; `generate` collects them. A batch of
+prompts is left-padded; the model derives positions from the attention mask, so every row decodes
+exactly as it would alone. Hooks attached with `model.hooks(...)` or as permanent hooks apply to
+every forward pass, so steering and ablations act during generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm import tqdm
+
+from hooked import tokenization
+from hooked.kv_cache import KVCache
+from hooked.utils import sample_logits
+
+if TYPE_CHECKING:
+    from hooked.model import HookedTransformer
+
+
+def _prompt_tokens(model: HookedTransformer, input, prepend_bos, padding_side, attention_mask=None):
+    if isinstance(input, (str, list)):
+        return tokenization.tokenize(model, input, prepend_bos, padding_side or "left", truncate=False)
+    tokens = torch.as_tensor(input, device=model.device)
+    tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
+    mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(tokens.device)
+    return tokens, mask.reshape(tokens.shape)
+
+
+def _eos_ids(model: HookedTransformer, eos_token_id: int | list[int] | None) -> Tensor | None:
+    if eos_token_id is None and model.tokenizer is not None:
+        eos_token_id = model.tokenizer.eos_token_id
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.tensor(ids, device=model.device)
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: HookedTransformer,
+    input: str | list[str] | Int[Tensor, "batch pos"],
+    max_new_tokens: int = 10,
+    stop_at_eos: bool = True,
+    eos_token_id: int | list[int] | None = None,
+    do_sample: bool = True,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
+    use_past_kv_cache: bool = True,
+    prepend_bos: bool | None = None,
+    padding_side: tokenization.PaddingSide | None = None,
+    verbose: bool = False,
+    seed: int | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> Iterator[Int[Tensor, " batch"]]:
+    """Yield the next token of every row, step by step. Rows that have produced an EOS yield the
+    EOS id from then on; the stream ends when every row has, or after max_new_tokens. For token
+    input with padding, pass its `attention_mask` (1 = real token)."""
+    tokens, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
+    eos_ids = _eos_ids(model, eos_token_id) if stop_at_eos else None
+    if stop_at_eos and eos_ids is None:
+        raise ValueError("stop_at_eos needs an EOS id: pass eos_token_id=..., or stop_at_eos=False.")
+    fill = int(eos_ids[0]) if eos_ids is not None else 0
+    generator = torch.Generator(device=model.device).manual_seed(seed) if seed is not None else None
+    cache = KVCache.for_model(model) if use_past_kv_cache else None
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    step_tokens, step_mask = tokens, mask
+    for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="Generating"):
+        if cache is not None:
+            logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache)
+        else:
+            logits = model(tokens, attention_mask=mask)
+        history = tokens.masked_fill(mask == 0, -1)  # padding never counts towards freq_penalty
+        next_tokens = sample_logits(
+            logits[:, -1],
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature if do_sample else 0.0,
+            freq_penalty=freq_penalty,
+            tokens=history,
+            generator=generator,
+        )
+        next_tokens = next_tokens.masked_fill(finished, fill)
+        yield next_tokens
+        if eos_ids is not None:
+            finished |= torch.isin(next_tokens, eos_ids)
+        step_tokens, step_mask = next_tokens[:, None], torch.ones_like(next_tokens[:, None])
+        tokens, mask = torch.cat([tokens, step_tokens], dim=1), torch.cat([mask, step_mask], dim=1)
+        if finished.all():
+            return
+
+
+def generate(
+    model: HookedTransformer,
+    input: str | list[str] | Int[Tensor, "batch pos"] = "",
+    max_new_tokens: int = 10,
+    stop_at_eos: bool = True,
+    eos_token_id: int | list[int] | None = None,
+    do_sample: bool = True,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+    freq_penalty: float = 0.0,
+    use_past_kv_cache: bool = True,
+    prepend_bos: bool | None = None,
+    padding_side: tokenization.PaddingSide | None = None,
+    return_type: Literal["input", "str", "tokens"] = "input",
+    verbose: bool = True,
+    seed: int | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+):
+    """Prompt plus continuation, as strings or tokens (`return_type="input"`: the input's own type)."""
+    prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
+    steps = generate_stream(
+        model,
+        prompt,
+        max_new_tokens,
+        stop_at_eos,
+        eos_token_id,
+        do_sample,
+        top_k,
+        top_p,
+        temperature,
+        freq_penalty,
+        use_past_kv_cache,
+        prepend_bos,
+        padding_side,
+        verbose,
+        seed,
+        mask,
+    )
+    new = list(steps)
+    tokens = torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt
+    if return_type == "input":
+        return_type = "str" if isinstance(input, (str, list)) else "tokens"
+    if return_type == "tokens":
+        return tokens
+    if return_type != "str":
+        raise ValueError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}.")
+    texts = [model.tokenizer.decode(row, skip_special_tokens=True) for row in tokens.tolist()]
+    return texts[0] if isinstance(input, str) or (not isinstance(input, list) and len(texts) == 1) else texts
