@@ -58,7 +58,7 @@ def load_pretrained(
     if kwargs:
         raise TypeError(f"from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}.")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    folder = None
+    folder, add_bos = None, None
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
         checkpoint = StateDictCheckpoint(hf_model.state_dict())
@@ -70,9 +70,9 @@ def load_pretrained(
         from loading.gguf import read_gguf, tokenizer_from_gguf
 
         checkpoint = read_gguf(gguf_path)
-        hf_config = checkpoint.config
+        hf_config, add_bos = checkpoint.config, checkpoint.add_bos_token
         if tokenizer is None:
-            tokenizer = tokenizer_from_gguf(gguf_path)
+            tokenizer = tokenizer_from_gguf(checkpoint)
     else:
         folder = resolve(str(name_or_path), revision)
         hf_config = _read_config(folder)
@@ -83,10 +83,19 @@ def load_pretrained(
         checkpoint.close()
     # Off by default (unlike TransformerLens), so a plain load gives Hugging Face's numbers.
     process_weights_(model, **{flag: processing.get(flag, False) for flag in PROCESSING_FLAGS})
-    if tokenizer is None and folder is not None:
-        tokenizer = _folder_tokenizer(folder)
+    if folder is not None:
+        tokenizer = tokenizer or _folder_tokenizer(folder)
+        add_bos = _tokenizer_setting(folder, "add_bos_token")
     model.set_tokenizer(tokenizer)
+    # Prepend BOS by default (TransformerLens's convention) unless the checkpoint says its tokenizer
+    # does not: a model trained without BOS reads a leading BOS as an odd first token.
+    model.default_prepend_bos = True if add_bos is None else bool(add_bos)
     return model
+
+
+def _tokenizer_setting(folder: Path, key: str) -> Any:
+    path = folder / "tokenizer_config.json"
+    return json.loads(path.read_text()).get(key) if path.exists() else None
 
 
 # Short names for models that a pip package ships: name -> (package, file inside it, install command).

