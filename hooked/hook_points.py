@@ -34,11 +34,20 @@ class HookPoint(nn.Module):
         # (handle, is_permanent, level): `level` is the `hooks()` call that added the hook (None: added
         # directly), so that leaving one context removes only that context's hooks.
         self._handles: list[tuple[RemovableHandle, bool, int | None]] = []
+        self._forward_hook_fns: dict[int, HookFn] = {}  # handle id -> the user's function
 
     @property
     def has_hooks(self) -> bool:
         """Whether any forward or backward hook is attached (components use it to pick a fast path)."""
         return bool(self._handles)
+
+    @property
+    def has_editing_hooks(self) -> bool:
+        """Whether a hook may change the activation: any backward hook, or a forward hook not marked
+        read-only (caching hooks are), lets components skip work a pure observer cannot need."""
+        return bool(self._backward_hooks) or any(
+            not getattr(fn, "read_only", False) for fn in self._forward_hook_fns.values()
+        )
 
     @property
     def has_backward_hooks(self) -> bool:
@@ -65,6 +74,7 @@ class HookPoint(nn.Module):
         """Attach `fn(activation, hook)`; a returned tensor replaces the activation (or its gradient)."""
         if dir == "fwd":
             handle = self.register_forward_hook(self._wrap_forward(fn), prepend=prepend)
+            self._forward_hook_fns[handle.id] = fn
         elif dir == "bwd":
             # Registering a full backward hook on an identity module makes autograd hand us the
             # gradient of the activation itself.
@@ -87,6 +97,7 @@ class HookPoint(nn.Module):
             matches_level = level is None or hook_level == level
             if matches_dir and matches_level and (including_permanent or not permanent):
                 handle.remove()
+                self._forward_hook_fns.pop(handle.id, None)
             else:
                 kept.append((handle, permanent, hook_level))
         self._handles = kept
@@ -273,6 +284,7 @@ class HookedRootModule(nn.Module):
                     kept = kept[0]
                 cache[key] = kept.to(device) if device is not None else kept
 
+            hook.read_only = True  # it never changes the activation (see HookPoint.has_editing_hooks)
             return hook
 
         names = [name for name in self.hook_dict if wanted(name)]

@@ -273,3 +273,17 @@ def test_runtime_shape_checks_are_on_in_tests():
     model = HookedTransformer(GPT2_LIKE)
     with pytest.raises(TypeCheckError):
         model.blocks[0].attn._write(torch.zeros(2, 3, 5))  # z must be [batch, pos, n_heads, d_head]
+
+
+def test_caching_everything_observes_without_changing_numbers(model):
+    """Caching hooks only read: the logits are bit-identical, and the per-head copies are what they claim."""
+    model.set_attn_implementation("eager")
+    tokens = torch.randint(0, 128, (2, 9))
+    logits, cache = model.run_with_cache(tokens)
+    assert torch.equal(logits, model(tokens))
+    resid = cache["blocks.1.hook_resid_pre"]
+    assert torch.equal(cache["blocks.1.hook_attn_in"], resid.unsqueeze(2).expand(-1, -1, model.cfg.n_heads, -1))
+    assert torch.equal(cache["blocks.1.hook_k_input"][:, :, 0], resid)
+    result = cache["blocks.1.attn.hook_result"]
+    b_O = model.blocks[1].attn.b_O
+    assert_close(result.sum(2) + (0 if b_O is None else b_O), cache["blocks.1.hook_attn_out"], "resid")

@@ -133,6 +133,9 @@ class Attention(nn.Module):
         if not self.hook_result.has_hooks:
             return F.linear(z.flatten(-2), fused_out, self.b_O)
         result = torch.einsum("bpnh,nhm->bpnm", z, self.W_O)
+        if not self.hook_result.has_editing_hooks:  # observers only (caching): keep the fused path
+            self.hook_result(result)
+            return F.linear(z.flatten(-2), fused_out, self.b_O)
         # An unchanged result keeps the fused (bit-identical) path; gradients need the per-head one.
         reference = None if self.hook_result.has_backward_hooks else result.clone()
         result = self.hook_result(result)

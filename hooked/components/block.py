@@ -59,6 +59,15 @@ class Block(nn.Module):
         if not any(hp.has_hooks for hp in split_hooks):
             x = self.ln1(resid_pre)
             return x, x, x
+        if not any(hp.has_editing_hooks for hp in split_hooks):
+            # Only observers (caching): show them free broadcast views; the shared path computes.
+            attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, self.n_heads, -1))
+            self.hook_q_input(attn_in)
+            kv_in = attn_in[:, :, :: self.n_kv_groups]
+            self.hook_k_input(kv_in)
+            self.hook_v_input(kv_in)
+            x = self.ln1(resid_pre)
+            return x, x, x
         attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).repeat(1, 1, self.n_heads, 1))
         q_in = self.hook_q_input(attn_in.clone())
         kv_in = attn_in[:, :, :: self.n_kv_groups]
