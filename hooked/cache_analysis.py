@@ -196,9 +196,7 @@ def decompose_resid(
 # ---- attention heads -----------------------------------------------------------------------------
 
 
-def _head_results(
-    cache: ActivationCache, layer: int, pos_slice: Any = None
-) -> Float[Tensor, "... n_heads d_model"]:
+def _head_results(cache: ActivationCache, layer: int, pos_slice: Any = None) -> Float[Tensor, "... n_heads d_model"]:
     """Each head's write to the residual: the cached hook_result, else z @ W_O (the same einsum)."""
     name = f"blocks.{layer}.attn.hook_result"
     if name in cache.cache_dict:
