@@ -1,4 +1,6 @@
-"""The embedded default model (SmolLM2-135M, a real Llama-architecture GGUF) against transformers."""
+"""The embedded default model (SmolLM2-135M, a real Llama-architecture GGUF) against transformers.
+
+The file-level checks (every tensor, the config, the tokenizer) are in test_gguf_reader.py."""
 
 from __future__ import annotations
 
@@ -6,10 +8,9 @@ import time
 
 import pytest
 import torch
-from conftest import assert_close, smollm2_path
+from conftest import assert_close
 
 from hooked import HookedTransformer
-from loading.gguf import read_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -32,24 +33,6 @@ def test_logits_and_residuals_match_transformers_gguf_loading(smollm2, hf_smollm
             "real_logits",
             label=f"resid_post {layer}",
         )
-
-
-def test_tokenizer_matches_transformers(smollm2, hf_smollm2):
-    _, reference = hf_smollm2
-    texts = [*PROMPTS, "naïve café — 東京 🙂", "x = 12345 + 67.89", "  leading  and   runs   ", "<|im_start|>user\nhi"]
-    for text in texts:
-        ids = smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert ids == reference(text, add_special_tokens=False)["input_ids"], text
-        assert smollm2.tokenizer.decode(ids) == text
-
-
-def test_every_tensor_matches_transformers_dequantization(hf_smollm2):
-    hf, _ = hf_smollm2
-    reference = hf.state_dict()
-    checkpoint = read_gguf(smollm2_path())
-    assert set(checkpoint.names()) == set(reference) - {"lm_head.weight"}  # tied: the file has no output.weight
-    for name in checkpoint.names():
-        assert torch.equal(checkpoint.get(name), reference[name]), name
 
 
 def test_it_knows_paris_and_does_ioi(smollm2):
