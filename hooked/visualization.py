@@ -1,0 +1,422 @@
+"""Pictures of a model's insides with no JavaScript toolchain: an attention viewer in one HTML file,
+and PNG heatmaps for patching grids, head scores and logit-lens tables.
+
+The attention viewer plays the part CircuitsVis's `attention_patterns` played in TransformerLens
+notebooks: tokens, a head selector, and on hovering a token, the attention it gives (as the query)
+and receives (as a key). It is one self-contained HTML document (inline CSS and JS, no network, no
+external library); `AttentionView` shows the same thing inline in a Jupyter notebook.
+
+The heatmaps draw with matplotlib's object API (a `Figure` saved straight to PNG with Agg), so they
+never touch pyplot's global state or the notebook's backend. Every function takes tensors or numpy
+arrays; tensors are detached, cast to float and moved to the CPU first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "AttentionView",
+    "attention_html",
+    "plot_heatmap",
+    "plot_layer_head_grid",
+    "plot_layer_pos_grid",
+    "plot_logit_lens_table",
+    "plot_scatter",
+]
+
+
+def _to_numpy(values: Any, what: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contains NaN or infinite values; pass finite numbers.")
+    return array
+
+
+def _check_labels(labels: Sequence[str] | None, size: int, what: str) -> list[str] | None:
+    if labels is None:
+        return None
+    labels = [str(label) for label in labels]
+    if len(labels) != size:
+        raise ValueError(f"{what} has {len(labels)} labels but the data has {size} entries along that axis.")
+    return labels
+
+
+# ---- the attention viewer ------------------------------------------------------------------------
+
+_view_ids = itertools.count()
+
+_CSS = """
+.hv-root { font-family: system-ui, sans-serif; font-size: 14px; color: #111; max-width: 1100px; }
+.hv-root .hv-controls { margin: 4px 0 8px 0; }
+.hv-root .hv-row { margin: 6px 0; line-height: 2.1; }
+.hv-root .hv-caption { font-size: 12px; color: #555; margin-top: 8px; }
+.hv-root .hv-tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace;
+  border: 1px solid #ddd; border-radius: 3px; padding: 0 3px; margin: 1px; cursor: default;
+  text-align: center; vertical-align: top; line-height: 1.3; }
+.hv-root .hv-src .hv-tok:hover, .hv-root .hv-tok.hv-focus { outline: 2px solid #d62728; }
+.hv-root .hv-w { display: block; font-size: 10px; color: #333; min-height: 12px; }
+.hv-root canvas { border: 1px solid #ccc; margin-top: 6px; }
+"""
+
+# Plain ES5: runs in any browser and in Jupyter's output cells. It reads the JSON block that follows
+# its container, so several viewers can live on one page.
+_JS = """
+(function () {
+  var root = document.getElementById("%(id)s");
+  var data = JSON.parse(document.getElementById("%(id)s-data").textContent);
+  var select = root.querySelector("select");
+  var src = root.querySelectorAll(".hv-src .hv-tok");
+  var gives = root.querySelectorAll(".hv-gives .hv-tok");
+  var recv = root.querySelectorAll(".hv-recv .hv-tok");
+  var canvas = root.querySelector("canvas");
+  var status = root.querySelector(".hv-status");
+  var n = data.tokens.length, head = 0, focus = null, locked = false;
+  function shade(w) { return "rgba(31, 119, 180, " + Math.max(0, Math.min(1, w)).toFixed(3) + ")"; }
+  function ink(w) { return w > 0.55 ? "#fff" : "#111"; }
+  function fill(cells, weights) {
+    for (var i = 0; i < cells.length; i++) {
+      var w = weights === null ? null : weights[i];
+      cells[i].style.background = w === null ? "" : shade(w);
+      cells[i].style.color = w === null ? "" : ink(w);
+      cells[i].querySelector(".hv-w").textContent = w === null ? "" : w.toFixed(2);
+      cells[i].classList.toggle("hv-focus", i === focus);
+    }
+  }
+  function draw(p) {
+    var ctx = canvas.getContext("2d"), size = canvas.width / n;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    for (var q = 0; q < n; q++) {
+      for (var k = 0; k < n; k++) {
+        ctx.fillStyle = shade(p[q][k]);
+        ctx.fillRect(k * size, q * size, size, size);
+      }
+    }
+    if (focus !== null) {
+      ctx.strokeStyle = "#d62728";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(0, focus * size, canvas.width, size);
+      ctx.strokeRect(focus * size, 0, size, canvas.height);
+    }
+  }
+  function paint() {
+    var p = data.patterns[head], col = [];
+    if (focus !== null) { for (var q = 0; q < n; q++) { col.push(p[q][focus]); } }
+    fill(src, null);
+    fill(gives, focus === null ? null : p[focus]);
+    fill(recv, focus === null ? null : col);
+    draw(p);
+    status.textContent = data.heads[head] + (focus === null ? ": hover a token" :
+      ": token " + focus + (locked ? " (locked; click it again to unlock)" : " (click to lock)"));
+  }
+  for (var i = 0; i < src.length; i++) {
+    (function (pos) {
+      src[pos].addEventListener("mouseenter", function () { if (!locked) { focus = pos; paint(); } });
+      src[pos].addEventListener("click", function () {
+        locked = !(locked && focus === pos); focus = pos; paint();
+      });
+    })(i);
+  }
+  root.querySelector(".hv-src").addEventListener("mouseleave", function () {
+    if (!locked) { focus = null; paint(); }
+  });
+  select.addEventListener("change", function () { head = parseInt(select.value, 10); paint(); });
+  paint();
+})();
+"""
+
+
+def _token_row(tokens: list[str], css_class: str, label: str) -> str:
+    shown = [html.escape(token.replace("\n", "\\n")) for token in tokens]  # a newline token shows as \n
+    cells = "".join(
+        f'<span class="hv-tok" data-pos="{i}" title="position {i}">{text}<span class="hv-w"></span></span>'
+        for i, text in enumerate(shown)
+    )
+    return f'<div class="hv-row {css_class}"><b>{html.escape(label)}</b><br>{cells}</div>'
+
+
+def _json_for_script(obj: Any) -> str:
+    # Inside <script> only "</" and "<!--" are dangerous; escaping every <, > and & keeps it plain text.
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+class AttentionView:
+    """An interactive view of attention patterns: `display(view)` in Jupyter, or `view.save(path)`.
+
+    tokens: the n string tokens (keys and queries are the same n positions).
+    pattern: [n_heads, n, n] or [n_layers, n_heads, n, n], query down and key across (as `hook_pattern`
+        without its batch axis); each row is one query's attention over the keys.
+    head_names: one name per head (flattened over layers); default "H{h}" or "L{l}H{h}".
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        pattern: Any,
+        head_names: Sequence[str] | None = None,
+        title: str = "Attention patterns",
+    ) -> None:
+        self.tokens = [str(token) for token in tokens]
+        array = _to_numpy(pattern, "pattern")
+        n = len(self.tokens)
+        if array.ndim == 3:
+            names = [f"H{h}" for h in range(array.shape[0])]
+        elif array.ndim == 4:
+            names = [f"L{layer}H{h}" for layer in range(array.shape[0]) for h in range(array.shape[1])]
+            array = array.reshape(-1, *array.shape[2:])
+        else:
+            raise ValueError(
+                f"pattern must be [n_heads, query_pos, key_pos] or [n_layers, n_heads, query_pos, key_pos], "
+                f"got shape {tuple(array.shape)}. For a cached run, pass cache['pattern', layer][0] (drop the batch)."
+            )
+        if array.shape[1:] != (n, n):
+            raise ValueError(
+                f"pattern's query and key axes are {tuple(array.shape[1:])} but there are {n} tokens; "
+                f"they must be ({n}, {n})."
+            )
+        if n == 0 or array.shape[0] == 0:
+            raise ValueError("Nothing to show: the pattern has no heads or there are no tokens.")
+        self.head_names = _check_labels(head_names, array.shape[0], "head_names") or names
+        self.pattern = array
+        self.title = title
+
+    def _data(self) -> dict:
+        return {"tokens": self.tokens, "heads": self.head_names, "patterns": np.round(self.pattern, 4).tolist()}
+
+    def fragment(self) -> str:
+        """The viewer as an HTML fragment (a div with its style and script), for embedding in a page."""
+        data = self._data()
+        digest = hashlib.sha1(json.dumps(data).encode()).hexdigest()[:8]
+        view_id = f"hv{next(_view_ids)}-{digest}"
+        options = "".join(f'<option value="{h}">{html.escape(name)}</option>' for h, name in enumerate(self.head_names))
+        canvas_size = max(120, min(480, 14 * len(self.tokens)))
+        return (
+            f'<div class="hv-root" id="{view_id}"><style>{_CSS}</style>'
+            f"<div><b>{html.escape(self.title)}</b></div>"
+            f'<div class="hv-controls"><label>Head <select>{options}</select></label> '
+            f'<span class="hv-status"></span></div>'
+            + _token_row(self.tokens, "hv-src", "Tokens (hover one; click to lock):")
+            + _token_row(self.tokens, "hv-gives", "Attention it gives (it is the query; weights over keys):")
+            + _token_row(self.tokens, "hv-recv", "Attention it receives (it is the key; weight from each query):")
+            + f'<canvas width="{canvas_size}" height="{canvas_size}"></canvas>'
+            '<div class="hv-caption">Whole pattern of the selected head: query down, key across.</div>'
+            f'<script type="application/json" id="{view_id}-data">{_json_for_script(data)}</script>'
+            f"<script>{_JS % {'id': view_id}}</script></div>"
+        )
+
+    def html(self) -> str:
+        """A complete, self-contained HTML document."""
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title></head><body>{self.fragment()}</body></html>\n"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.html(), encoding="utf-8")
+        return path
+
+    def _repr_html_(self) -> str:
+        return self.fragment()
+
+
+def attention_html(
+    tokens: Sequence[str],
+    pattern: Any,
+    path: str | Path | None = None,
+    head_names: Sequence[str] | None = None,
+    title: str = "Attention patterns",
+) -> str:
+    """One self-contained HTML page showing attention patterns; written to `path` when given.
+
+    pattern: [n_heads, n, n] or [n_layers, n_heads, n, n] for the n `tokens` (see `AttentionView`).
+    Returns the document. Example: `attention_html(model.to_str_tokens(text), cache["pattern", 3][0], "l3.html")`.
+    """
+    document = AttentionView(tokens, pattern, head_names, title).html()
+    if path is not None:
+        Path(path).write_text(document, encoding="utf-8")
+    return document
+
+
+# ---- PNG heatmaps ----------------------------------------------------------------------------------
+
+
+def _tick_label(token: str, position: int) -> str:
+    # Quotes make leading spaces visible; "$" would start matplotlib mathtext.
+    text = token.replace("\n", "\\n").replace("$", r"\$")
+    return f"'{text}' {position}"
+
+
+def plot_heatmap(
+    values: Any,
+    path: str | Path,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    colorbar_label: str = "",
+    cell_text: Sequence[Sequence[str]] | None = None,
+    diverging: bool | None = None,
+) -> Path:
+    """Draw a [rows, cols] array as a PNG heatmap and return its path.
+
+    diverging: a red-white-blue scale centred on 0 (None: when any value is negative), else white to blue.
+    cell_text: optional [rows][cols] strings printed in the cells (e.g. top tokens).
+    """
+    from matplotlib.figure import Figure
+
+    array = _to_numpy(values, "values")
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"values must be a non-empty 2-d array [rows, cols], got shape {tuple(array.shape)}.")
+    rows, cols = array.shape
+    row_labels = _check_labels(row_labels, rows, "row_labels")
+    col_labels = _check_labels(col_labels, cols, "col_labels")
+    if cell_text is not None and (len(cell_text) != rows or any(len(row) != cols for row in cell_text)):
+        raise ValueError(f"cell_text must be {rows} rows of {cols} strings, matching values.")
+    if diverging is None:
+        diverging = bool((array < 0).any())
+    if diverging:
+        bound = float(np.abs(array).max()) or 1.0
+        cmap, vmin, vmax = "RdBu", -bound, bound
+    else:
+        cmap, vmin, vmax = "Blues", min(0.0, float(array.min())), float(array.max()) or 1.0
+
+    cell_w, cell_h = (0.9, 0.32) if cell_text is not None else (0.38, 0.26)
+    width = min(40.0, max(5.0, 2.5 + cell_w * cols))
+    height = min(40.0, max(3.5, 1.8 + cell_h * rows))
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
+    image = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=colorbar_label, fraction=0.04)
+    ax.set_xticks(range(cols), col_labels or [str(c) for c in range(cols)], rotation=90 if col_labels else 0)
+    ax.set_yticks(range(rows), row_labels or [str(r) for r in range(rows)])
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if cell_text is not None:
+        norm = image.norm
+        for r, c in itertools.product(range(rows), range(cols)):
+            dark = abs(norm(array[r, c]) - 0.5) > 0.3 if diverging else norm(array[r, c]) > 0.6
+            text = str(cell_text[r][c]).replace("\n", "\\n").replace("$", r"\$")
+            ax.text(c, r, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot_layer_pos_grid(
+    values: Any,
+    tokens: Sequence[str],
+    path: str | Path,
+    title: str = "",
+    layer_labels: Sequence[str] | None = None,
+    colorbar_label: str = "",
+) -> Path:
+    """A [layers, positions] grid (e.g. residual-stream patching), positions labelled by their tokens."""
+    array = _to_numpy(values, "values")
+    if array.ndim != 2:
+        raise ValueError(f"values must be [layers, positions], got shape {tuple(array.shape)}.")
+    if len(tokens) != array.shape[1]:
+        raise ValueError(f"values has {array.shape[1]} positions but {len(tokens)} tokens were given.")
+    col_labels = [_tick_label(str(token), i) for i, token in enumerate(tokens)]
+    return plot_heatmap(array, path, layer_labels, col_labels, title, "position", "layer", colorbar_label)
+
+
+def plot_layer_head_grid(
+    values: Any,
+    path: str | Path,
+    title: str = "",
+    layer_labels: Sequence[str] | None = None,
+    head_labels: Sequence[str] | None = None,
+    colorbar_label: str = "",
+) -> Path:
+    """A [layers, heads] grid: head patching results, head scores, ablation effects."""
+    array = _to_numpy(values, "values")
+    if array.ndim != 2:
+        raise ValueError(f"values must be [layers, heads], got shape {tuple(array.shape)}.")
+    return plot_heatmap(array, path, layer_labels, head_labels, title, "head", "layer", colorbar_label)
+
+
+def plot_logit_lens_table(
+    top_probs: Any,
+    top_tokens: Sequence[Sequence[str]],
+    path: str | Path,
+    tokens: Sequence[str] | None = None,
+    layer_labels: Sequence[str] | None = None,
+    title: str = "Logit lens: top prediction after each layer",
+) -> Path:
+    """A [layers, positions] table: each cell names the top token read from that residual stream and is
+    shaded by its probability. `top_tokens[l][p]` is the string, `top_probs[l, p]` its probability."""
+    array = _to_numpy(top_probs, "top_probs")
+    if array.ndim != 2:
+        raise ValueError(f"top_probs must be [layers, positions], got shape {tuple(array.shape)}.")
+    col_labels = None
+    if tokens is not None:
+        if len(tokens) != array.shape[1]:
+            raise ValueError(f"top_probs has {array.shape[1]} positions but {len(tokens)} tokens were given.")
+        col_labels = [_tick_label(str(token), i) for i, token in enumerate(tokens)]
+    return plot_heatmap(
+        array,
+        path,
+        layer_labels,
+        col_labels,
+        title,
+        "position (input token)",
+        "residual stream",
+        "probability",
+        cell_text=top_tokens,
+        diverging=False,
+    )
+
+
+def plot_scatter(
+    x: Any,
+    y: Any,
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+    n_labelled: int = 8,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """One point per (x, y) pair, with the y = x diagonal, labelling the `n_labelled` points farthest from
+    the origin (e.g. comparing two estimates of each head's effect)."""
+    from matplotlib.figure import Figure
+
+    x, y = _to_numpy(x, "x").ravel(), _to_numpy(y, "y").ravel()
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"x and y must hold the same non-zero number of values, got {x.size} and {y.size}.")
+    labels = _check_labels(labels, x.size, "labels")
+    fig = Figure(figsize=(5.5, 5.0))
+    ax = fig.subplots()
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([low, high], [low, high], color="#999", linewidth=1, linestyle="--", label="y = x")
+    ax.scatter(x, y, s=14, alpha=0.7)
+    if labels is not None:
+        for i in np.argsort(-np.hypot(x, y))[:n_labelled]:
+            ax.annotate(
+                labels[i].replace("$", r"\$"), (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path

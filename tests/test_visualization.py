@@ -1,0 +1,186 @@
+"""The attention viewer is one valid, offline HTML file carrying every token and head; the heatmaps are PNGs."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from hooked import visualization as viz
+
+TOKENS = ["<bos>", "<b>&", " cat", "\n", ' "sat"', "$x$"]
+VOID = {"meta", "br", "input", "img", "hr", "link"}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class TreeChecker(HTMLParser):
+    """Checks that tags nest and close, and collects text and the JSON data block."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.text, self.data_blocks = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in VOID:
+            self.stack.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        assert self.stack, f"</{tag}> closes nothing"
+        open_tag, _ = self.stack.pop()
+        assert open_tag == tag, f"</{tag}> closes <{open_tag}>"
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1][0] == "script" and self.stack[-1][1].get("type") == "application/json":
+            self.data_blocks.append(data)
+        else:
+            self.text.append(data)
+
+
+def parse(document: str) -> TreeChecker:
+    checker = TreeChecker()
+    checker.feed(document)
+    checker.close()
+    assert checker.stack == [], f"unclosed tags: {[tag for tag, _ in checker.stack]}"
+    return checker
+
+
+def random_pattern(*lead: int, n: int = len(TOKENS)) -> torch.Tensor:
+    scores = torch.randn(*lead, n, n).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(-1)
+
+
+@pytest.mark.parametrize("lead", [(3,), (2, 3)], ids=["heads", "layers-heads"])
+def test_attention_html_is_self_contained_and_complete(tmp_path, lead):
+    pattern = random_pattern(*lead)
+    path = tmp_path / "attention.html"
+    document = viz.attention_html(TOKENS, pattern, path=path)
+    assert path.read_text(encoding="utf-8") == document
+    assert document.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://", document), "the viewer must work offline"
+    assert "<script src" not in document and "<link" not in document
+
+    checker = parse(document)
+    # Every token appears as visible, escaped text (never as raw markup).
+    assert "&lt;b&gt;&amp;" in document and "<b>&" not in document.replace("<b>&lt;", "")
+    shown = "".join(checker.text)
+    for token in TOKENS:
+        assert token.replace("\n", "\\n") in shown
+
+    # The embedded data hold every head's full pattern.
+    (block,) = checker.data_blocks
+    data = json.loads(block)
+    n_heads = int(np.prod(lead))
+    names = [f"H{h}" for h in range(3)] if len(lead) == 1 else [f"L{l}H{h}" for l in range(2) for h in range(3)]
+    assert data["heads"] == names and data["tokens"] == TOKENS
+    np.testing.assert_allclose(np.array(data["patterns"]), pattern.reshape(n_heads, 6, 6).numpy(), atol=1e-4)
+    for name in names:
+        assert f">{name}</option>" in document
+
+
+def test_attention_view_renders_inline_and_takes_head_names():
+    view = viz.AttentionView(TOKENS, random_pattern(2).numpy(), head_names=["prev <token>", "induction"])
+    fragment = view._repr_html_()
+    parse(fragment)
+    assert fragment.startswith('<div class="hv-root"') and "<html" not in fragment
+    assert "prev &lt;token&gt;" in fragment and ">induction</option>" in fragment
+    # Two views on one page do not share element ids.
+    assert re.search(r'id="(hv[^"]+)"', fragment).group(1) != re.search(r'id="(hv[^"]+)"', view.fragment()).group(1)
+
+
+def test_attention_html_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[n_heads, query_pos, key_pos\]"):
+        viz.attention_html(TOKENS, torch.rand(6, 6))
+    with pytest.raises(ValueError, match="there are 6 tokens"):
+        viz.attention_html(TOKENS, torch.rand(2, 5, 5))
+    with pytest.raises(ValueError, match="head_names has 1 labels"):
+        viz.attention_html(TOKENS, random_pattern(2), head_names=["only one"])
+    with pytest.raises(ValueError, match="NaN"):
+        viz.attention_html(TOKENS, torch.full((1, 6, 6), float("nan")))
+
+
+def test_heatmaps_write_pngs(tmp_path):
+    grid = torch.randn(4, len(TOKENS))
+    out = viz.plot_layer_pos_grid(grid, TOKENS, tmp_path / "pos.png", title="patching", colorbar_label="recovered")
+    assert out.read_bytes().startswith(PNG)
+    out = viz.plot_layer_head_grid(torch.rand(4, 3), tmp_path / "heads.png", title="head scores")
+    assert out.read_bytes().startswith(PNG)
+    top_tokens = [[f"t{l}{p}" for p in range(len(TOKENS))] for l in range(4)]
+    out = viz.plot_logit_lens_table(torch.rand(4, len(TOKENS)), top_tokens, tmp_path / "lens.png", tokens=TOKENS)
+    assert out.read_bytes().startswith(PNG)
+    out = viz.plot_heatmap(np.eye(3), str(tmp_path / "plain.png"), row_labels=["a", "b", "c"])
+    assert out.read_bytes().startswith(PNG)
+
+
+def test_heatmaps_reject_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"\[layers, positions\]"):
+        viz.plot_layer_pos_grid(torch.rand(4), TOKENS, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="5 positions but 6 tokens"):
+        viz.plot_layer_pos_grid(torch.rand(3, 5), TOKENS, tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"\[layers, heads\]"):
+        viz.plot_layer_head_grid(torch.rand(2, 3, 4), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="row_labels has 2 labels"):
+        viz.plot_heatmap(torch.rand(3, 3), tmp_path / "x.png", row_labels=["a", "b"])
+    with pytest.raises(ValueError, match="cell_text must be 2 rows of 6 strings"):
+        viz.plot_logit_lens_table(torch.rand(2, 6), [["a"] * 6], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_scatter_writes_png_and_checks_lengths(tmp_path):
+    x = torch.randn(12)
+    out = viz.plot_scatter(x, 0.9 * x, tmp_path / "scatter.png", labels=[f"L{i}H0" for i in range(12)], n_labelled=3)
+    assert out.read_bytes().startswith(PNG)
+    with pytest.raises(ValueError, match="same non-zero number"):
+        viz.plot_scatter(torch.randn(3), torch.randn(4), tmp_path / "x.png")
+
+
+# A few DOM stand-ins, enough to run the viewer's script under node and drive it like a reader would.
+DOM_STUB = r"""
+const fs = require("fs");
+const page = fs.readFileSync(process.argv[2], "utf8");
+const id = page.match(/id="(hv[^"]+)"/)[1];
+const dataText = page.match(/<script type="application\/json" id="[^"]+">([\s\S]*?)<\/script>/)[1];
+const n = JSON.parse(dataText).tokens.length;
+function node() {
+  const e = { style: {}, on: {}, classes: new Set(), weight: { textContent: "" }, value: "0" };
+  e.addEventListener = (type, f) => { e.on[type] = f; };
+  e.classList = { toggle: (c, yes) => (yes ? e.classes.add(c) : e.classes.delete(c)) };
+  e.querySelector = () => e.weight;
+  return e;
+}
+const rows = {};
+for (const r of ["src", "gives", "recv"]) rows[".hv-" + r + " .hv-tok"] = Array.from({ length: n }, node);
+const parts = { "select": node(), ".hv-status": { textContent: "" }, ".hv-src": node(),
+  "canvas": { width: 100, height: 100, getContext: () => ({ clearRect() {}, fillRect() {}, strokeRect() {} }) } };
+const root = { querySelector: (s) => parts[s], querySelectorAll: (s) => rows[s] };
+global.document = { getElementById: (x) => (x === id ? root : { textContent: dataText }) };
+eval(page.match(/<script>([\s\S]*?)<\/script>/)[1]);
+const weights = (r) => rows[".hv-" + r + " .hv-tok"].map((e) => e.weight.textContent);
+rows[".hv-src .hv-tok"][2].on.mouseenter();
+parts["select"].value = "1";
+parts["select"].on.change();
+const status = parts[".hv-status"].textContent;
+console.log(JSON.stringify({ status: status, gives: weights("gives"), recv: weights("recv") }));
+"""
+
+
+def test_viewer_script_shows_the_weights_of_the_hovered_token(tmp_path):
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the viewer's script is checked only where node exists")
+    pattern = random_pattern(2)
+    viz.attention_html(TOKENS, pattern, tmp_path / "view.html", head_names=["first", "second"])
+    (tmp_path / "stub.js").write_text(DOM_STUB)
+    run = subprocess.run([node, tmp_path / "stub.js", tmp_path / "view.html"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert shown["status"].startswith("second: token 2")
+    # Query 2's weights over the keys, and what each query gives key 2, shown to two decimals.
+    np.testing.assert_allclose([float(w) for w in shown["gives"]], pattern[1, 2].numpy(), atol=0.0051)
+    np.testing.assert_allclose([float(w) for w in shown["recv"]], pattern[1, :, 2].numpy(), atol=0.0051)
