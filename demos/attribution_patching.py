@@ -53,8 +53,8 @@ def compare(model: HookedTransformer, clean: str, corrupted: str, answer: str, w
     }
 
 
+@torch.no_grad()
 def main(model_name: str = "smollm2-135m", out_dir: Path = Path("attribution_patching")) -> dict:
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

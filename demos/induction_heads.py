@@ -85,8 +85,8 @@ def random_heads(scores: Tensor, k: int, exclude: list[tuple[int, int]], seed: i
     return [pool[int(i)] for i in order[:k]]
 
 
+@torch.no_grad()
 def main(model_name: str = "smollm2-135m", out_dir: Path = Path("induction_heads"), half: int = 40, k: int = 5) -> dict:
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -156,8 +156,8 @@ def top_heads(scores: Tensor, k: int) -> list[tuple[int, int]]:
     return [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in flat]
 
 
+@torch.no_grad()
 def main(model_name: str = "smollm2-135m", out_dir: Path = Path("ioi_patching")) -> dict:
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

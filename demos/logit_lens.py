@@ -59,10 +59,10 @@ def emergence(ranks: Tensor) -> int | None:
     return first
 
 
+@torch.no_grad()
 def main(
     model_name: str = "smollm2-135m", out_dir: Path = Path("logit_lens"), prompt: str = PROMPT, target: str = TARGET
 ) -> dict:
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -95,8 +95,8 @@ def plot_patterns(model: HookedTransformer, tokens: torch.Tensor, layer: int, pa
     plt.close(fig)
 
 
+@torch.no_grad()
 def main(model_name: str = "smollm2-135m", out: Path = Path("quickstart_attention.png"), half: int = 40) -> dict:
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
     model = HookedTransformer.from_pretrained(model_name)
     cfg = model.cfg

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "silu", "relu"]
+ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu"]
+AttnType = Literal["global", "local"]
 
 
 @dataclass(frozen=True)
@@ -37,22 +38,45 @@ class HookedTransformerConfig:
     n_ctx: int  # longest sequence the model accepts
     d_head: int = 0  # width of one head; 0 means d_model // n_heads
     n_key_value_heads: int = 0  # key/value heads (GQA/MQA); 0 means n_heads
-    d_mlp: int = 0  # hidden width of the MLP; 0 means 4 * d_model
+    d_mlp: int = 0  # hidden width of the MLP (of each expert, with experts); 0 means 4 * d_model
     act_fn: ActFn = "gelu_new"
     gated_mlp: bool = False  # MLP is W_out(act(x W_gate) * (x W_in)) (SwiGLU-style)
-    normalization_type: Literal["LN", "RMS"] = "LN"
+    # "LN": LayerNorm with weight and bias; "LNPre": LayerNorm with neither (OLMo); "RMS": RMSNorm with a weight.
+    normalization_type: Literal["LN", "LNPre", "RMS"] = "LN"
     eps: float = 1e-5  # added to the variance inside every norm
-    positional_embedding_type: Literal["standard", "rotary"] = "standard"  # standard = learned absolute
+    # "standard": learned absolute positions; "rotary": RoPE on q and k; "alibi": per-head linear score biases (BLOOM).
+    positional_embedding_type: Literal["standard", "rotary", "alibi"] = "standard"
     rotary_dim: int = 0  # dims of each head that rotate (partial rotary); 0 means d_head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    rotary_adjacent_pairs: bool = False  # rotate pairs (2i, 2i+1) (GPT-J) instead of (i, i + rotary_dim/2)
+    rotary_base_local: float = 0.0  # rotary base of "local" layers (Gemma 3), without rope_scaling; 0: rotary_base
     attn_scale: float = 0.0  # attention scores are divided by this; 0 means sqrt(d_head)
+    attn_scores_soft_cap: float = 0.0  # scores become cap * tanh(scores / cap) before masking (Gemma 2); 0: none
     attn_qkv_bias: bool = True  # q, k, v projections have biases
     attn_out_bias: bool = True  # output projection has a bias
+    clip_qkv: float = 0.0  # q, k and v projections are clamped to [-clip_qkv, clip_qkv] (OLMo); 0 means none
+    # Queries and keys are normalized (with normalization_type's formula, no bias) before rotary: over d_head with
+    # one weight for all heads ("shared": Qwen3, Gemma 3), over d_head with a weight per head ("per_head": StableLM 2),
+    # or over all heads at once ("all_heads": OLMo 2). None: no query/key norm.
+    qk_norm: Literal["shared", "per_head", "all_heads"] | None = None
     mlp_bias: bool = True
+    num_experts: int = 0  # mixture of experts: gated MLP experts per layer (Mixtral); 0 means a dense MLP
+    experts_per_token: int = 0  # experts each token is routed to (their weights renormalized to sum to 1)
+    parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre; both outputs are added to it (GPT-J)
+    # Where a block's norms sit: "pre" normalizes each sublayer's input (ln1, ln2); "pre_and_post" also each
+    # sublayer's output before it is added to the residual (ln1_post, ln2_post: Gemma 2/3); "post" only the
+    # outputs (OLMo 2).
+    block_norms: Literal["pre", "pre_and_post", "post"] = "pre"
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
+    post_embedding_ln: bool = False  # the token embedding ends with a norm, embed.ln (BLOOM); hook_embed is after it
     unembed_bias: bool = False
+    output_logits_soft_cap: float = 0.0  # logits become cap * tanh(logits / cap) (Gemma 2); 0 means none
     tie_word_embeddings: bool = False  # W_U is W_E transposed (one tensor in memory)
-    sliding_window: int | None = None  # a query sees only the last `sliding_window` keys
+    sliding_window: int | None = None  # a "local" layer's query sees only the last `sliding_window` keys
+    # Per layer, "global" (causal) or "local" (causal within sliding_window) attention. None: every layer is
+    # local when sliding_window is set (Mistral), else global.
+    attn_types: tuple[AttnType, ...] | None = None
     initializer_range: float = 0.02  # std of random init (random models only)
     original_architecture: str | None = None  # Hugging Face class this config came from, if any
     model_name: str = field(default="custom", compare=False)
@@ -70,6 +94,8 @@ class HookedTransformerConfig:
             object.__setattr__(self, "rotary_dim", self.d_head)
         if self.attn_scale == 0.0:
             object.__setattr__(self, "attn_scale", math.sqrt(self.d_head))
+        if isinstance(self.attn_types, list):  # same values, made hashable like the rest of the config
+            object.__setattr__(self, "attn_types", tuple(self.attn_types))
         self._validate()
 
     def _validate(self) -> None:
@@ -84,6 +110,38 @@ class HookedTransformerConfig:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head}).")
         if self.rope_scaling is not None and self.positional_embedding_type != "rotary":
             raise ValueError("rope_scaling is set but positional_embedding_type is not 'rotary'.")
+        if (self.rotary_adjacent_pairs or self.rotary_base_local) and self.positional_embedding_type != "rotary":
+            raise ValueError("rotary_adjacent_pairs / rotary_base_local need positional_embedding_type='rotary'.")
+        if self.attn_types is not None:
+            if len(self.attn_types) != self.n_layers or not set(self.attn_types) <= {"global", "local"}:
+                raise ValueError(
+                    f"attn_types must give 'global' or 'local' for each of the {self.n_layers} layers, "
+                    f"got {self.attn_types!r}."
+                )
+            if "local" in self.attn_types and self.sliding_window is None:
+                raise ValueError("attn_types has 'local' layers but sliding_window is not set.")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"sliding_window must be positive, got {self.sliding_window}.")
+        for name in ("attn_scores_soft_cap", "output_logits_soft_cap", "clip_qkv"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be positive (or 0 for none), got {getattr(self, name)}.")
+        if (self.num_experts > 0) != (self.experts_per_token > 0) or self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"A mixture of experts needs 0 < experts_per_token <= num_experts, got experts_per_token="
+                f"{self.experts_per_token} and num_experts={self.num_experts} (both 0 for a dense MLP)."
+            )
+        if self.num_experts and not self.gated_mlp:
+            raise ValueError("Experts are gated MLPs: num_experts > 0 needs gated_mlp=True.")
+        if self.qk_norm is not None and self.normalization_type == "LNPre":
+            raise ValueError("qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS'.")
+        if self.parallel_attn_mlp and self.block_norms != "pre":
+            raise ValueError(f"parallel_attn_mlp needs block_norms='pre', got {self.block_norms!r}.")
+
+    def layer_attn_type(self, layer: int) -> AttnType:
+        """Whether `layer` attends globally or within the sliding window."""
+        if self.attn_types is not None:
+            return self.attn_types[layer]
+        return "local" if self.sliding_window is not None else "global"
 
     @property
     def n_key_value_groups(self) -> int:

@@ -13,7 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked import processing, tokenization
-from hooked.components.block import Block
+from hooked.components.block import make_block
 from hooked.components.embeddings import Embed, PosEmbed, Rotary, Unembed
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
@@ -40,9 +40,11 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         if cfg.positional_embedding_type == "standard":
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
-        else:
+        elif cfg.positional_embedding_type == "rotary":
             self.rotary = Rotary(cfg)
-        self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
+            if cfg.rotary_base_local:
+                self.rotary_local = Rotary(cfg, local=True)
+        self.blocks = nn.ModuleList([make_block(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
         self.unembed = Unembed(cfg)
         if self.embed.W_E.device.type != "meta":
@@ -53,7 +55,8 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         """Normal(0, initializer_range) matrices, unit norm weights, zero biases."""
         with torch.no_grad():
             for name, param in self.named_parameters():
-                leaf = name.rsplit(".", 1)[-1]
+                parts = name.split(".")
+                leaf = parts[-2] if parts[-1].isdigit() else parts[-1]  # a ParameterList entry: per-head norm weights
                 if leaf == "w":
                     param.fill_(1.0)
                 elif leaf.startswith("b"):
@@ -91,15 +94,16 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
         if start_at_layer is None:
             tokens = input
-            residual, positions, mask = self._embed(tokens, attention_mask, past_kv_cache)
+            residual, positions, masks = self._embed(tokens, attention_mask, past_kv_cache)
         else:
             residual = input
-            positions, mask = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
-        rotary = self.rotary(positions, residual.dtype) if hasattr(self, "rotary") else None
+            positions, masks = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
+        rotaries = self._rotaries(positions, residual.dtype)
         layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
         for layer in layers:
             past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
-            residual = self.blocks[layer](residual, rotary, mask, past_kv)
+            kind = self.cfg.layer_attn_type(layer)
+            residual = self.blocks[layer](residual, rotaries[kind], masks[kind], past_kv)
         if stop_at_layer is not None:
             return residual
         logits = self.unembed(self.ln_final(residual))
@@ -128,17 +132,26 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
                 f"n_ctx={self.cfg.n_ctx}; truncate it (model.to_tokens(text, truncate=True)) or pass a shorter input."
             )
         tokens = self.hook_tokens(tokens.to(self.embed.W_E.device))
-        positions, mask = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device, cache)
+        positions, masks = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device, cache)
         residual = self.hook_embed(self.embed(tokens))
         if hasattr(self, "pos_embed"):
             residual = residual + self.hook_pos_embed(self.pos_embed(positions))
-        return residual, positions, mask
+        return residual, positions, masks
+
+    def _rotaries(self, positions: Tensor, dtype: torch.dtype) -> dict[str, tuple[Tensor, Tensor] | None]:
+        """The cos/sin tables of global and local layers (the same unless local layers have their own base)."""
+        if not hasattr(self, "rotary"):
+            return {"global": None, "local": None}
+        rotary = self.rotary(positions, dtype)
+        local = self.rotary_local(positions, dtype) if hasattr(self, "rotary_local") else rotary
+        return {"global": rotary, "local": local}
 
     def _positions_and_mask(
         self, attention_mask: Tensor | None, batch: int, n_new: int, device: torch.device, cache: KVCache | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """Positions of the new tokens (counting real tokens only) and the attention mask
-        [batch, 1, n_new, past + n_new], or None when plain causal attention is right."""
+    ) -> tuple[Tensor, dict[str, Tensor | None]]:
+        """Positions of the new tokens (counting real tokens only) and the attention masks
+        [batch, 1, n_new, past + n_new] of global and local layers, None where plain causal
+        attention is right."""
         past = len(cache) if cache is not None else 0
         new_mask = (
             torch.ones(batch, n_new, dtype=torch.long, device=device) if attention_mask is None else attention_mask
@@ -147,14 +160,15 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         total = past + n_new
         if bool(full_mask.all()):
             positions = torch.arange(past, total, device=device).expand(batch, n_new)
-            return positions, self._sliding(None, batch, n_new, total, device)
+            return positions, {"global": None, "local": self._sliding(None, batch, n_new, total, device)}
         positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
         causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(past)
         mask = causal & full_mask.bool()[:, None, None, :]
         # A padding query that sees no key would softmax to NaN; let it see itself (its output is unused).
         itself = torch.zeros(n_new, total, dtype=torch.bool, device=device)
         itself[torch.arange(n_new), torch.arange(past, total)] = True
-        return positions, self._sliding(mask | itself, batch, n_new, total, device)
+        mask = mask | itself
+        return positions, {"global": mask, "local": self._sliding(mask, batch, n_new, total, device)}
 
     def _sliding(self, mask: Tensor | None, batch: int, n_new: int, total: int, device: torch.device) -> Tensor | None:
         window = self.cfg.sliding_window

@@ -75,3 +75,18 @@ def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
         "rotary_dim": int(d_head * partial),
         "rope_scaling": scaling,
     }
+
+
+LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
+
+
+def attn_type_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """`sliding_window` and per-layer `attn_types` from Hugging Face's `layer_types` (transformers 5 lists
+    "full_attention" / "sliding_attention" for each layer; a config without it attends globally)."""
+    layer_types = tuple(hf.get("layer_types") or ())
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown:
+        require({**hf, "layer_types": unknown[0]}, "layer_types", tuple(LAYER_TYPES))
+    if "sliding_attention" not in layer_types:
+        return {"sliding_window": None, "attn_types": None}
+    return {"sliding_window": hf["sliding_window"], "attn_types": tuple(LAYER_TYPES[t] for t in layer_types)}

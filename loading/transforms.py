@@ -6,6 +6,8 @@ the weights and keeps Hugging Face's memory layout (which the fast path multipli
 
 from __future__ import annotations
 
+import math
+
 import einops
 from torch import Tensor
 
@@ -53,3 +55,58 @@ class Heads(Copy):
 
     def __repr__(self) -> str:
         return f"Heads({self.key!r}, {self.pattern!r}, select={self.select})"
+
+
+class HeadsCopied(Heads):
+    """Heads, then copied into the memory layout attention multiplies by directly (weights: the fused
+    [n * h, m] matrix; biases: contiguous). For fused projections that interleave q, k and v within each
+    head (GPT-NeoX, BLOOM), where a view would cost a copy on every forward instead of one at load."""
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        out = super().__call__(tensor, cfg)
+        if out.ndim == 3:  # [n, m, h] stored as [n, h, m]
+            return out.transpose(1, 2).contiguous().transpose(1, 2)
+        return out.contiguous()
+
+
+class Split(Copy):
+    """Part `index` of a tensor whose first axis concatenates parts of the given sizes (each a product of
+    config fields, "n_key_value_heads*d_head"), then an optional einops pattern with axes as in Heads:
+    `Split("...qkv_proj.weight", ("n_heads*d_head", "n_key_value_heads*d_head", ...), 1, "(n h) m -> n m h", n=...)`.
+    A view of the source."""
+
+    def __init__(self, key: str, sizes: tuple[str, ...], index: int, pattern: str | None = None, **axes: str | int):
+        super().__init__(key)
+        self.sizes, self.index, self.pattern, self.axes = sizes, index, pattern, axes
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        lengths = [math.prod(getattr(cfg, field) for field in size.split("*")) for size in self.sizes]
+        if sum(lengths) != tensor.shape[0]:
+            implied = f"{' + '.join(self.sizes)} = {sum(lengths)}"
+            raise ValueError(f"{self.key} has {tensor.shape[0]} rows, but the config implies {implied}.")
+        part = tensor.split(lengths, dim=0)[self.index]
+        if self.pattern is None:
+            return part
+        sizes = {axis: getattr(cfg, size) if isinstance(size, str) else size for axis, size in self.axes.items()}
+        return einops.rearrange(part, self.pattern, **sizes)
+
+    def __repr__(self) -> str:
+        return f"Split({self.key!r}, {self.sizes}, {self.index}, {self.pattern!r})"
+
+
+class PlusOne(Copy):
+    """w + 1, for RMSNorm weights stored as offsets from one (Gemma's norms multiply by 1 + w). A copy."""
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        return (tensor.float() + 1.0).to(tensor.dtype)
+
+
+class RowsFrom(Copy):
+    """Rows `start:` of the tensor (a view): OPT's learned positions begin at row 2 of its table."""
+
+    def __init__(self, key: str, start: int) -> None:
+        super().__init__(key)
+        self.start = start
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        return tensor[self.start :]

@@ -128,5 +128,8 @@ def hf_smollm2():
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    """Every test starts from the same seed and with autograd on, whatever the last one did."""
     torch.manual_seed(0)
+    grad_enabled = torch.is_grad_enabled()
     yield
+    torch.set_grad_enabled(grad_enabled)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import assert_close, save_tiny, tiny_tokenizer
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
+from transformers import GPT2Config, LlamaConfig
 
 from hooked import HookedTransformer
 from loading import CheckpointMismatchError, UnsupportedArchitectureError, UnsupportedConfigError
@@ -108,11 +108,8 @@ def test_first_n_layers_and_n_ctx(llama_dir):
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
-    save_tiny(
-        GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=2, vocab_size=64, attention_types=[[["global"], 2]]),
-        tmp_path,
-    )
-    with pytest.raises(UnsupportedArchitectureError, match="GPTNeoForCausalLM.*LlamaForCausalLM"):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MadeUpForCausalLM"]}))
+    with pytest.raises(UnsupportedArchitectureError, match="MadeUpForCausalLM.*GPTNeoForCausalLM.*LlamaForCausalLM"):
         HookedTransformer.from_pretrained(tmp_path)
 
 

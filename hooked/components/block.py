@@ -1,4 +1,9 @@
-"""A pre-norm transformer block, written as the residual-stream equation."""
+"""Transformer blocks, each written as its residual-stream equation.
+
+`Block` is the pre-norm block (GPT-2, Llama). The variants are small subclasses, picked once by
+`make_block` from the config: `ParallelBlock` (GPT-J, GPT-NeoX, Phi), `SandwichBlock` (Gemma 2/3)
+and `PostNormBlock` (OLMo 2).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from hooked.components.attention import Attention, Rotary
+from hooked.components.attention import Rotary, make_attention
 from hooked.components.mlp import MLP, GatedMLP
+from hooked.components.moe import MoE
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
@@ -25,12 +31,12 @@ class Block(nn.Module):
         self.hook_k_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
         self.hook_v_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
         self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg)
+        self.attn = make_attention(cfg)
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
         self.ln2 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
-        self.mlp = GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+        self.mlp = make_mlp(cfg)
         self.hook_mlp_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_post = HookPoint()  # [batch, pos, d_model]
 
@@ -84,3 +90,70 @@ class Block(nn.Module):
             else:
                 inputs.append(self.ln1(per_head))
         return tuple(inputs)
+
+
+class ParallelBlock(Block):
+    # Same as Block except: the MLP reads resid_pre too and both outputs are added to it (no resid_mid).
+    # Families with one norm for both (GPT-J, Phi) load it as both ln1 and ln2.
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__(cfg, layer)
+        del self.hook_resid_mid
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        rotary: Rotary | None,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        past_kv: LayerKV | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_pre))))
+        return self.hook_resid_post(resid_pre + attn_out + mlp_out)
+
+
+class SandwichBlock(Block):
+    # Same as Block except: each sublayer's output is normalized (ln1_post, ln2_post) before it is added
+    # to the residual, so hook_attn_out / hook_mlp_out are the normalized outputs (Gemma 2, Gemma 3).
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__(cfg, layer)
+        self.ln1_post = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+        self.ln2_post = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        rotary: Rotary | None,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        past_kv: LayerKV | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.ln1_post(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv)))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(self.hook_mlp_in(resid_mid)))))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+
+class PostNormBlock(SandwichBlock):
+    # Same as SandwichBlock except: no norms before the sublayers, which read the residual itself (OLMo 2).
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__(cfg, layer)
+        self.ln1 = nn.Identity()  # no parameters and no hook points: attention reads the residual
+        self.ln2 = nn.Identity()
+
+
+def make_mlp(cfg: HookedTransformerConfig) -> nn.Module:
+    if cfg.num_experts:
+        return MoE(cfg)
+    return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+
+
+def make_block(cfg: HookedTransformerConfig, layer: int) -> Block:
+    """The block variant the config describes."""
+    if cfg.parallel_attn_mlp:
+        return ParallelBlock(cfg, layer)
+    if cfg.block_norms == "pre_and_post":
+        return SandwichBlock(cfg, layer)
+    if cfg.block_norms == "post":
+        return PostNormBlock(cfg, layer)
+    return Block(cfg, layer)

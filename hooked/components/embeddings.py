@@ -1,4 +1,5 @@
-"""Token embedding, learned absolute positions, rotary positions (Su et al. 2021) and unembedding."""
+"""Token embedding, learned absolute positions, rotary positions (Su et al. 2021), ALiBi slopes
+(Press et al. 2021) and unembedding."""
 
 from __future__ import annotations
 
@@ -9,17 +10,28 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
 
 
 class Embed(nn.Module):
+    """W_E[tokens], times embed_scale where the config has one (Gemma), then a norm `ln` where the
+    config has post_embedding_ln (BLOOM; as in TransformerLens, the embedding's output is after it)."""
+
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.scale = cfg.embed_scale
+        if cfg.post_embedding_ln:
+            self.ln = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return F.embedding(tokens, self.W_E)
+        embedded = F.embedding(tokens, self.W_E)
+        if self.scale != 1.0:
+            # The scale is rounded to the weights' dtype first, as Gemma's reference does.
+            embedded = embedded * torch.tensor(self.scale, dtype=embedded.dtype, device=embedded.device)
+        return self.ln(embedded) if hasattr(self, "ln") else embedded
 
 
 class PosEmbed(nn.Module):
@@ -32,16 +44,23 @@ class PosEmbed(nn.Module):
 
 
 class Unembed(nn.Module):
+    """Logits = x @ W_U + b_U, soft-capped to (-cap, cap) as cap * tanh(logits / cap) when the config
+    has an output_logits_soft_cap (Gemma 2); hook_out sees the final (capped) logits."""
+
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab)) if cfg.unembed_bias else None
+        self.soft_cap = cfg.output_logits_soft_cap
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_vocab]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         # W_U is stored [d_model, d_vocab] as users expect; .T is a free view for F.linear.
-        return self.hook_out(F.linear(self.hook_in(x), self.W_U.T, self.b_U))
+        logits = F.linear(self.hook_in(x), self.W_U.T, self.b_U)
+        if self.soft_cap:
+            logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
+        return self.hook_out(logits)
 
 
 class Rotary(nn.Module):
@@ -49,14 +68,18 @@ class Rotary(nn.Module):
 
     Frequencies follow Hugging Face's `modeling_rope_utils` (default, "linear" and "llama3" rope
     types). They are recomputed on every call (a few hundred numbers), so the module holds no
-    buffers and a model built on the meta device needs no special handling.
+    buffers and a model built on the meta device needs no special handling. The tables are laid
+    out for `apply_rotary` (each angle twice: [f0, f1, ..., f0, f1, ...]) or, with
+    `rotary_adjacent_pairs`, for `apply_rotary_adjacent` ([f0, f0, f1, f1, ...]).
+    `local=True` gives the tables of a model's local layers (their own base, no scaling: Gemma 3).
     """
 
-    def __init__(self, cfg: HookedTransformerConfig) -> None:
+    def __init__(self, cfg: HookedTransformerConfig, local: bool = False) -> None:
         super().__init__()
         self.rotary_dim = cfg.rotary_dim
-        self.base = cfg.rotary_base
-        self.scaling = cfg.rope_scaling
+        self.base = cfg.rotary_base_local if local else cfg.rotary_base
+        self.scaling = None if local else cfg.rope_scaling
+        self.adjacent_pairs = cfg.rotary_adjacent_pairs
 
     def inv_freq(self, device: torch.device) -> Float[Tensor, " half_rotary_dim"]:
         exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64, device=device).float() / self.rotary_dim
@@ -83,7 +106,7 @@ class Rotary(nn.Module):
     ) -> tuple[Float[Tensor, "batch pos rotary_dim"], Float[Tensor, "batch pos rotary_dim"]]:
         # Angles in float32 (positions up to n_ctx lose precision in half types), then cast.
         freqs = positions[..., None].float() * self.inv_freq(positions.device)
-        angles = torch.cat((freqs, freqs), dim=-1)
+        angles = freqs.repeat_interleave(2, dim=-1) if self.adjacent_pairs else torch.cat((freqs, freqs), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -98,3 +121,29 @@ def apply_rotary(
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     rotated = rot * cos + rotated_half * sin
     return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+def apply_rotary_adjacent(
+    x: Float[Tensor, "batch pos n_heads d_head"], cos: Float[Tensor, "batch pos r"], sin: Float[Tensor, "batch pos r"]
+) -> Float[Tensor, "batch pos n_heads d_head"]:
+    """Rotate the first r dims of each head as adjacent pairs (2i, 2i + 1) (the GPT-J layout)."""
+    r = cos.shape[-1]
+    rot, rest = x[..., :r], x[..., r:]
+    rotated_pairs = torch.stack((-rot[..., 1::2], rot[..., ::2]), dim=-1).flatten(-2)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    rotated = rot * cos + rotated_pairs * sin
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+
+
+def alibi_slopes(n_heads: int) -> Float[Tensor, " n_heads"]:
+    """Each head's ALiBi slope: a geometric sequence starting at 2^(-8/n) for n a power of two, and for
+    other head counts the closest power of two's sequence followed by every other slope of the next
+    (Press et al. 2021; computed in float32 as BLOOM's reference does)."""
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
+    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
+    if closest != n_heads:
+        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
+        n_extra = min(closest, n_heads - closest)
+        slopes = torch.cat([slopes, torch.pow(extra_base, torch.arange(1, 1 + 2 * n_extra, 2, dtype=torch.int32))])
+    return slopes

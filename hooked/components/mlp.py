@@ -18,8 +18,14 @@ def gelu_new(x: Tensor) -> Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def gelu_fast(x: Tensor) -> Tensor:
+    """The same tanh approximation with the constant rounded, as Hugging Face's FastGELUActivation (BLOOM's)."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
 ACTIVATIONS = {
     "gelu_new": gelu_new,
+    "gelu_fast": gelu_fast,
     "gelu": F.gelu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
@@ -50,7 +56,7 @@ class MLP(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    # Same as MLP except: post = act(x W_gate) * (x W_in).
+    # Same as MLP except: post = act(x W_gate) * (x W_in). (Also a mixture of experts' expert, on [tokens, d_model].)
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
         self.act = ACTIVATIONS[cfg.act_fn]
@@ -64,7 +70,7 @@ class GatedMLP(nn.Module):
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]  the linear branch
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
         pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre) * pre_linear)

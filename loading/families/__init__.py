@@ -1,3 +1,18 @@
 """Family adapters; importing this package registers them all."""
 
-from loading.families import gpt2, llama  # noqa: F401
+from loading.families import (  # noqa: F401
+    bloom,
+    gemma,
+    gpt2,
+    gpt_neo,
+    gpt_neox,
+    gptj,
+    llama,
+    mixtral,
+    olmo,
+    opt,
+    phi,
+    phi3,
+    qwen3,
+    stablelm,
+)

@@ -1,0 +1,114 @@
+"""Gemma, Gemma 2 and Gemma 3 (Hugging Face `modeling_gemma.py`, `modeling_gemma2.py`, `modeling_gemma3.py`).
+
+All three: Llama-like blocks with GeGLU MLPs, token embeddings scaled by sqrt(d_model), and RMSNorms
+that multiply by (1 + w), loaded here as plain RMSNorm weights w + 1 (`PlusOne`; in half precision this
+rounds 1 + w to the weights' dtype, where the reference keeps it in float32). Gemma 2 adds a norm after
+each sublayer, soft-capped attention scores and logits, scores scaled by query_pre_attn_scalar, and
+alternating sliding-window layers. Gemma 3 adds query/key norms and a separate rotary base for its
+sliding-window layers (and, like the reference, ignores attn_logit_softcapping).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hooked.config import HookedTransformerConfig
+from loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields
+from loading.transforms import Copy, Heads, PlusOne, Transpose
+
+ACTS = ("gelu_pytorch_tanh", "gelu", "gelu_new", "silu", "relu")
+
+
+def gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
+    require(hf, "use_bidirectional_attention", (None, False))
+    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    act = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
+    bias = bool(hf.get("attention_bias", False))
+    return {
+        "d_model": hf["hidden_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_heads": hf["num_attention_heads"],
+        "n_key_value_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        "d_head": d_head,
+        "d_mlp": hf["intermediate_size"],
+        "d_vocab": hf["vocab_size"],
+        "n_ctx": hf["max_position_embeddings"],
+        "act_fn": require(hf, act, ACTS),
+        "gated_mlp": True,
+        "normalization_type": "RMS",
+        "eps": hf["rms_norm_eps"],
+        **rotary_fields(hf, d_head),
+        "attn_qkv_bias": bias,
+        "attn_out_bias": bias,
+        "mlp_bias": False,
+        "embed_scale": math.sqrt(hf["hidden_size"]),
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
+    }
+
+
+def gemma2_config(hf: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **gemma_config(hf),
+        **attn_type_fields(hf),
+        "block_norms": "pre_and_post",
+        "attn_scale": math.sqrt(hf["query_pre_attn_scalar"]),
+        "attn_scores_soft_cap": float(hf.get("attn_logit_softcapping") or 0.0),
+        "output_logits_soft_cap": float(hf.get("final_logit_softcapping") or 0.0),
+    }
+
+
+def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    # rope_parameters holds one set per layer type: full_attention (global) and sliding_attention (local).
+    rope = hf.get("rope_parameters") or {}
+    local = rope.get("sliding_attention") or {"rope_type": "default", "rope_theta": 10000.0}
+    require({**hf, "local rope_type": local.get("rope_type")}, "local rope_type", ("default",))
+    flat = {**hf, "rope_parameters": rope.get("full_attention") or {}, "rope_scaling": None}
+    return {
+        **gemma2_config(flat),
+        "qk_norm": "shared",
+        "rotary_base_local": float(local["rope_theta"]),
+        # The reference never applies attn_logit_softcapping to Gemma 3 (its attention does not pass it on;
+        # released checkpoints set it to null), so neither do we.
+        "attn_scores_soft_cap": 0.0,
+    }
+
+
+def gemma_weights(cfg: HookedTransformerConfig) -> WeightTable:
+    layer, attn, mlp = "model.layers.{i}", "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
+    table: WeightTable = {
+        "embed.W_E": Copy("model.embed_tokens.weight"),
+        "blocks.{i}.ln1.w": PlusOne(f"{layer}.input_layernorm.weight"),
+        "blocks.{i}.attn.W_Q": Heads(f"{attn}.q_proj.weight", "(n h) m -> n m h", n="n_heads"),
+        "blocks.{i}.attn.W_K": Heads(f"{attn}.k_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_V": Heads(f"{attn}.v_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_O": Heads(f"{attn}.o_proj.weight", "m (n h) -> n h m", n="n_heads"),
+        "blocks.{i}.mlp.W_gate": Transpose(f"{mlp}.gate_proj.weight"),
+        "blocks.{i}.mlp.W_in": Transpose(f"{mlp}.up_proj.weight"),
+        "blocks.{i}.mlp.W_out": Transpose(f"{mlp}.down_proj.weight"),
+        "ln_final.w": PlusOne("model.norm.weight"),
+        "unembed.W_U": Transpose("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"),
+    }
+    if cfg.block_norms == "pre_and_post":  # Gemma 2 and 3
+        table["blocks.{i}.ln1_post.w"] = PlusOne(f"{layer}.post_attention_layernorm.weight")
+        table["blocks.{i}.ln2.w"] = PlusOne(f"{layer}.pre_feedforward_layernorm.weight")
+        table["blocks.{i}.ln2_post.w"] = PlusOne(f"{layer}.post_feedforward_layernorm.weight")
+    else:
+        table["blocks.{i}.ln2.w"] = PlusOne(f"{layer}.post_attention_layernorm.weight")
+    if cfg.qk_norm is not None:  # Gemma 3
+        table["blocks.{i}.attn.q_norm.w"] = PlusOne(f"{attn}.q_norm.weight")
+        table["blocks.{i}.attn.k_norm.w"] = PlusOne(f"{attn}.k_norm.weight")
+    if cfg.attn_qkv_bias:
+        table["blocks.{i}.attn.b_Q"] = Heads(f"{attn}.q_proj.bias", "(n h) -> n h", n="n_heads")
+        table["blocks.{i}.attn.b_K"] = Heads(f"{attn}.k_proj.bias", "(n h) -> n h", n="n_key_value_heads")
+        table["blocks.{i}.attn.b_V"] = Heads(f"{attn}.v_proj.bias", "(n h) -> n h", n="n_key_value_heads")
+    if cfg.attn_out_bias:
+        table["blocks.{i}.attn.b_O"] = Copy(f"{attn}.o_proj.bias")
+    return table
+
+
+IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
+
+register("GemmaForCausalLM", Adapter(gemma_config, gemma_weights, IGNORED, prefix="model."))
+register("Gemma2ForCausalLM", Adapter(gemma2_config, gemma_weights, IGNORED, prefix="model."))
+register("Gemma3ForCausalLM", Adapter(gemma3_config, gemma_weights, IGNORED, prefix="model."))

@@ -1,0 +1,75 @@
+"""GPT-NeoX and Pythia (Hugging Face `modeling_gpt_neox.py`): LayerNorm, partial rotary, a fused qkv
+projection that interleaves q, k and v within each head, and attention and MLP in parallel
+(`use_parallel_residual`, each with its own norm) or in sequence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooked.config import HookedTransformerConfig
+from loading.adapter import Adapter, WeightTable, register, require, rotary_fields
+from loading.transforms import Copy, Heads, HeadsCopied, Transpose
+
+ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
+
+
+def gpt_neox_config(hf: dict[str, Any]) -> dict[str, Any]:
+    d_head = hf["hidden_size"] // hf["num_attention_heads"]
+    bias = bool(hf.get("attention_bias", True))
+    return {
+        "d_model": hf["hidden_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_heads": hf["num_attention_heads"],
+        "d_mlp": hf["intermediate_size"],
+        "d_vocab": hf["vocab_size"],
+        "n_ctx": hf["max_position_embeddings"],
+        "act_fn": require(hf, "hidden_act", ACTS),
+        "normalization_type": "LN",
+        "eps": hf["layer_norm_eps"],
+        **rotary_fields(hf, d_head),
+        "attn_qkv_bias": bias,
+        "attn_out_bias": bias,
+        "parallel_attn_mlp": bool(require(hf, "use_parallel_residual", (True, False), default=True)),
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+    }
+
+
+def gpt_neox_weights(cfg: HookedTransformerConfig) -> WeightTable:
+    layer = "gpt_neox.layers.{i}"
+    qkv = f"{layer}.attention.query_key_value"
+    table: WeightTable = {
+        "embed.W_E": Copy("gpt_neox.embed_in.weight"),
+        "blocks.{i}.ln1.w": Copy(f"{layer}.input_layernorm.weight"),
+        "blocks.{i}.ln1.b": Copy(f"{layer}.input_layernorm.bias"),
+        "blocks.{i}.attn.W_O": Heads(f"{layer}.attention.dense.weight", "m (n h) -> n h m", n="n_heads"),
+        "blocks.{i}.ln2.w": Copy(f"{layer}.post_attention_layernorm.weight"),
+        "blocks.{i}.ln2.b": Copy(f"{layer}.post_attention_layernorm.bias"),
+        "blocks.{i}.mlp.W_in": Transpose(f"{layer}.mlp.dense_h_to_4h.weight"),
+        "blocks.{i}.mlp.b_in": Copy(f"{layer}.mlp.dense_h_to_4h.bias"),
+        "blocks.{i}.mlp.W_out": Transpose(f"{layer}.mlp.dense_4h_to_h.weight"),
+        "blocks.{i}.mlp.b_out": Copy(f"{layer}.mlp.dense_4h_to_h.bias"),
+        "ln_final.w": Copy("gpt_neox.final_layer_norm.weight"),
+        "ln_final.b": Copy("gpt_neox.final_layer_norm.bias"),
+        "unembed.W_U": Transpose("gpt_neox.embed_in.weight" if cfg.tie_word_embeddings else "embed_out.weight"),
+    }
+    for index, name in enumerate("QKV"):
+        # Rows are ordered head by head, and q, k, v within each head.
+        table[f"blocks.{{i}}.attn.W_{name}"] = HeadsCopied(
+            f"{qkv}.weight", "(n three h) m -> three n m h", index, three=3, n="n_heads"
+        )
+        if cfg.attn_qkv_bias:
+            table[f"blocks.{{i}}.attn.b_{name}"] = HeadsCopied(
+                f"{qkv}.bias", "(n three h) -> three n h", index, three=3, n="n_heads"
+            )
+    if cfg.attn_out_bias:
+        table["blocks.{i}.attn.b_O"] = Copy(f"{layer}.attention.dense.bias")
+    return table
+
+
+# Old checkpoints store causal-mask buffers and rotary frequencies; a tied checkpoint may store embed_out.
+IGNORED = (
+    r"gpt_neox\.layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)",
+    r"embed_out\.weight",
+)
+
+register("GPTNeoXForCausalLM", Adapter(gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox."))

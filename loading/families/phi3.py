@@ -1,0 +1,43 @@
+"""Phi-3 (Hugging Face `modeling_phi3.py`): Llama with fused projections, q/k/v in one matrix
+(all query heads, then the key heads, then the value heads) and gate/up in another (gate first);
+optional partial rotary and a sliding window on every layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hooked.config import HookedTransformerConfig
+from loading.adapter import Adapter, WeightTable, register
+from loading.families.llama import IGNORED, llama_config
+from loading.transforms import Copy, Heads, Split, Transpose
+
+QKV = ("n_heads*d_head", "n_key_value_heads*d_head", "n_key_value_heads*d_head")
+GATE_UP = ("d_mlp", "d_mlp")
+
+
+def phi3_config(hf: dict[str, Any]) -> dict[str, Any]:
+    # Phi-3 has no projection biases, whatever the config says about Llama's fields.
+    fields = {**llama_config(hf), "attn_qkv_bias": False, "attn_out_bias": False, "mlp_bias": False}
+    return {**fields, "sliding_window": hf.get("sliding_window")}
+
+
+def phi3_weights(cfg: HookedTransformerConfig) -> WeightTable:
+    layer, attn, mlp = "model.layers.{i}", "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
+    qkv, gate_up = f"{attn}.qkv_proj.weight", f"{mlp}.gate_up_proj.weight"
+    return {
+        "embed.W_E": Copy("model.embed_tokens.weight"),
+        "blocks.{i}.ln1.w": Copy(f"{layer}.input_layernorm.weight"),
+        "blocks.{i}.attn.W_Q": Split(qkv, QKV, 0, "(n h) m -> n m h", n="n_heads"),
+        "blocks.{i}.attn.W_K": Split(qkv, QKV, 1, "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_V": Split(qkv, QKV, 2, "(n h) m -> n m h", n="n_key_value_heads"),
+        "blocks.{i}.attn.W_O": Heads(f"{attn}.o_proj.weight", "m (n h) -> n h m", n="n_heads"),
+        "blocks.{i}.ln2.w": Copy(f"{layer}.post_attention_layernorm.weight"),
+        "blocks.{i}.mlp.W_gate": Split(gate_up, GATE_UP, 0, "f m -> m f"),
+        "blocks.{i}.mlp.W_in": Split(gate_up, GATE_UP, 1, "f m -> m f"),
+        "blocks.{i}.mlp.W_out": Transpose(f"{mlp}.down_proj.weight"),
+        "ln_final.w": Copy("model.norm.weight"),
+        "unembed.W_U": Transpose("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"),
+    }
+
+
+register("Phi3ForCausalLM", Adapter(phi3_config, phi3_weights, IGNORED, prefix="model."))
