@@ -3,7 +3,8 @@
 `generate_stream` yields each step's new tokens as they come; `generate` collects them. A batch of
 prompts is left-padded; the model derives positions from the attention mask, so every row decodes
 exactly as it would alone. Hooks attached with `model.hooks(...)` or as permanent hooks apply to
-every forward pass, so steering and ablations act during generation.
+every forward pass, so steering and ablations act during generation. Only the last position goes
+through the final norm and unembedding at each step, so hooks there see one position.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def generate_stream(
     step_tokens, step_mask = tokens, mask
     for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="Generating"):
         if cache is not None:
-            logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache)
+            logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache, logits_to_keep=1)
         else:
-            logits = model(tokens, attention_mask=mask)
+            logits = model(tokens, attention_mask=mask, logits_to_keep=1)
         history = tokens.masked_fill(mask == 0, -1)  # padding never counts towards freq_penalty
         next_tokens = sample_logits(
             logits[:, -1],

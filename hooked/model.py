@@ -80,6 +80,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         stop_at_layer: int | None = None,
         past_kv_cache: KVCache | None = None,
         tokens: Int[Tensor, "batch pos"] | None = None,
+        logits_to_keep: int = 0,
     ):
         """Logits [batch, pos, d_vocab], the loss, both, None, or (with `stop_at_layer`) the residual.
 
@@ -87,6 +88,8 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         loss). `stop_at_layer` is exclusive and may be negative. A padded batch needs `attention_mask`
         (computed for you from strings); positions then count real tokens only. `past_kv_cache` (a
         `KVCache`) holds earlier tokens' keys and values: pass only the new tokens, and their mask.
+        `logits_to_keep=n` runs the final norm and unembedding on the last n positions only (as
+        transformers' argument of that name; generation uses 1); 0 keeps them all.
         """
         if isinstance(input, (str, list)):
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
@@ -106,6 +109,10 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             residual = self.blocks[layer](residual, rotaries[kind], masks[kind], past_kv)
         if stop_at_layer is not None:
             return residual
+        if logits_to_keep:
+            if return_type in ("loss", "both"):
+                raise ValueError("logits_to_keep computes only some logits, so it cannot give a loss.")
+            residual = residual[:, -logits_to_keep:]
         logits = self.unembed(self.ln_final(residual))
         if return_type == "logits":
             return logits

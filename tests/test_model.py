@@ -287,3 +287,13 @@ def test_caching_everything_observes_without_changing_numbers(model):
     result = cache["blocks.1.attn.hook_result"]
     b_O = model.blocks[1].attn.b_O
     assert_close(result.sum(2) + (0 if b_O is None else b_O), cache["blocks.1.hook_attn_out"], "resid")
+
+
+def test_logits_to_keep_gives_the_last_positions(model):
+    tokens = torch.randint(0, 128, (2, 9))
+    full = model(tokens)
+    # Close, not equal: a matmul over fewer rows may block (and so round) differently.
+    assert_close(model(tokens, logits_to_keep=1), full[:, -1:], "logits")
+    assert_close(model(tokens, logits_to_keep=3), full[:, -3:], "logits")
+    with pytest.raises(ValueError, match="loss"):
+        model(tokens, return_type="loss", logits_to_keep=1)
