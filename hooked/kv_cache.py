@@ -8,6 +8,8 @@ prompts decode exactly like unpadded ones).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -52,6 +54,18 @@ class KVCache:
     @classmethod
     def for_model(cls, model) -> KVCache:
         return cls(model.cfg.n_layers)
+
+    @contextlib.contextmanager
+    def rollback_on_error(self):
+        """Undo this block's appends if it raises, so a failed forward leaves the cache as it was."""
+        mask, lengths = self.attention_mask, [layer.length for layer in self.layers]
+        try:
+            yield self
+        except BaseException:
+            self.attention_mask = mask
+            for layer, length in zip(self.layers, lengths, strict=True):
+                layer.length = length  # buffers keep their old contents up to the old length
+            raise
 
     def __len__(self) -> int:
         """Number of positions stored."""

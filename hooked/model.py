@@ -6,6 +6,7 @@ helpers live in `tokenization.py`, loading in the `loading` package; the methods
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -95,18 +96,19 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
         if past_kv_cache is not None and (start_at_layer or stop_at_layer is not None):
             raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
-        if start_at_layer is None:
-            tokens = input
-            residual, positions, masks = self._embed(tokens, attention_mask, past_kv_cache)
-        else:
-            residual = input
-            positions, masks = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
-        rotaries = self._rotaries(positions, residual.dtype)
-        layers = range(self.cfg.n_layers)[start_at_layer:stop_at_layer]
-        for layer in layers:
-            past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
-            kind = self.cfg.layer_attn_type(layer)
-            residual = self.blocks[layer](residual, rotaries[kind], masks[kind], past_kv)
+        # A run that raises part-way must not leave some layers' keys appended to the cache.
+        with past_kv_cache.rollback_on_error() if past_kv_cache is not None else contextlib.nullcontext():
+            if start_at_layer is None:
+                tokens = input
+                residual, positions, masks = self._embed(tokens, attention_mask, past_kv_cache)
+            else:
+                residual = input
+                positions, masks = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
+            rotaries = self._rotaries(positions, residual.dtype)
+            for layer in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
+                past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
+                kind = self.cfg.layer_attn_type(layer)
+                residual = self.blocks[layer](residual, rotaries[kind], masks[kind], past_kv)
         if stop_at_layer is not None:
             return residual
         if logits_to_keep:

@@ -97,3 +97,21 @@ def test_cache_misuse_is_an_error(model):
         model(torch.randint(0, 50, (3, 1)), past_kv_cache=cache)
     with pytest.raises(ValueError, match="n_ctx=64"):
         model(torch.randint(0, 50, (2, 62)), past_kv_cache=cache)
+
+
+def test_a_forward_that_raises_leaves_the_cache_as_it_was():
+    model = HookedTransformer(CONFIGS["rotary-gqa"]).eval()
+    tokens = torch.randint(0, 50, (1, 8))
+    cache = KVCache.for_model(model)
+    model(tokens[:, :5], past_kv_cache=cache)
+
+    def fail_in_last_layer(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.run_with_hooks(
+            tokens[:, 5:6], past_kv_cache=cache, fwd_hooks=[("blocks.1.hook_resid_post", fail_in_last_layer)]
+        )
+    assert len(cache) == 5 and all(layer.length == 5 for layer in cache.layers)
+    rest = model(tokens[:, 5:], past_kv_cache=cache)
+    assert_close(rest, model(tokens)[:, 5:], "logits")
