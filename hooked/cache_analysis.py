@@ -347,6 +347,13 @@ def apply_ln_to_stack(
             f"add {scale_name!r} to names_filter when calling run_with_cache."
         )
     scale = _sliced(cache.cache_dict[scale_name], pos_slice)
+    leading = scale.shape[:-1]  # the stack's axes between its component axis and d_model must match
+    if tuple(stack.shape[-1 - len(leading) : -1]) != tuple(leading):
+        raise ValueError(
+            f"The stack's shape {tuple(stack.shape)} does not end in the cached scale's axes {tuple(leading)} "
+            f"(+ d_model) for pos_slice={pos_slice!r}: slice the stack with the same pos_slice (or pass the "
+            "same pos_slice to the function that built it)."
+        )
     dtype = stack.dtype
     x = stack.float()  # the norm's statistics were float32; its scale is float32
     if _centers(cache.model.get_submodule(norm_name)):

@@ -87,3 +87,11 @@ def test_analysis_invariants_hold_on_real_weights(smollm2):
     diff = logits[0, -1, john] - logits[0, -1, mary]
     assert abs(attributions.sum().item() - diff.item()) < 1e-3
     assert_close(cache.logit_lens()[-1], logits, "real_logits")
+
+
+def test_a_stack_sliced_differently_from_pos_slice_is_refused(smollm2):
+    with torch.no_grad():
+        _, cache = smollm2.run_with_cache(PROMPTS[1])
+    stack = cache.get_full_resid_decomposition(expand_neurons=False)  # every position
+    with pytest.raises(ValueError, match="pos_slice"):
+        cache.logit_attrs(stack, " John", " Mary", pos_slice=-1)
