@@ -15,7 +15,8 @@ from typing import Any
 
 from hooked.config import HookedTransformerConfig
 from loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields
-from loading.transforms import Copy, Heads, PlusOne, Transpose
+from loading.families.llama import IGNORED, llama_weights
+from loading.transforms import Copy, PlusOne
 
 ACTS = ("gelu_pytorch_tanh", "gelu", "gelu_new", "silu", "relu")
 
@@ -75,39 +76,19 @@ def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def gemma_weights(cfg: HookedTransformerConfig) -> WeightTable:
-    layer, attn, mlp = "model.layers.{i}", "model.layers.{i}.self_attn", "model.layers.{i}.mlp"
-    table: WeightTable = {
-        "embed.W_E": Copy("model.embed_tokens.weight"),
-        "blocks.{i}.ln1.w": PlusOne(f"{layer}.input_layernorm.weight"),
-        "blocks.{i}.attn.W_Q": Heads(f"{attn}.q_proj.weight", "(n h) m -> n m h", n="n_heads"),
-        "blocks.{i}.attn.W_K": Heads(f"{attn}.k_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
-        "blocks.{i}.attn.W_V": Heads(f"{attn}.v_proj.weight", "(n h) m -> n m h", n="n_key_value_heads"),
-        "blocks.{i}.attn.W_O": Heads(f"{attn}.o_proj.weight", "m (n h) -> n h m", n="n_heads"),
-        "blocks.{i}.mlp.W_gate": Transpose(f"{mlp}.gate_proj.weight"),
-        "blocks.{i}.mlp.W_in": Transpose(f"{mlp}.up_proj.weight"),
-        "blocks.{i}.mlp.W_out": Transpose(f"{mlp}.down_proj.weight"),
-        "ln_final.w": PlusOne("model.norm.weight"),
-        "unembed.W_U": Transpose("model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"),
-    }
+    # Same as llama_weights except: Gemma 2/3's extra norms, q/k norms (Gemma 3), and every norm
+    # weight loaded as w + 1, since Gemma's RMSNorm multiplies by (1 + w).
+    layer, attn = "model.layers.{i}", "model.layers.{i}.self_attn"
+    table = llama_weights(cfg)
     if cfg.block_norms == "pre_and_post":  # Gemma 2 and 3
-        table["blocks.{i}.ln1_post.w"] = PlusOne(f"{layer}.post_attention_layernorm.weight")
-        table["blocks.{i}.ln2.w"] = PlusOne(f"{layer}.pre_feedforward_layernorm.weight")
-        table["blocks.{i}.ln2_post.w"] = PlusOne(f"{layer}.post_feedforward_layernorm.weight")
-    else:
-        table["blocks.{i}.ln2.w"] = PlusOne(f"{layer}.post_attention_layernorm.weight")
+        table["blocks.{i}.ln1_post.w"] = Copy(f"{layer}.post_attention_layernorm.weight")
+        table["blocks.{i}.ln2.w"] = Copy(f"{layer}.pre_feedforward_layernorm.weight")
+        table["blocks.{i}.ln2_post.w"] = Copy(f"{layer}.post_feedforward_layernorm.weight")
     if cfg.qk_norm is not None:  # Gemma 3
-        table["blocks.{i}.attn.q_norm.w"] = PlusOne(f"{attn}.q_norm.weight")
-        table["blocks.{i}.attn.k_norm.w"] = PlusOne(f"{attn}.k_norm.weight")
-    if cfg.attn_qkv_bias:
-        table["blocks.{i}.attn.b_Q"] = Heads(f"{attn}.q_proj.bias", "(n h) -> n h", n="n_heads")
-        table["blocks.{i}.attn.b_K"] = Heads(f"{attn}.k_proj.bias", "(n h) -> n h", n="n_key_value_heads")
-        table["blocks.{i}.attn.b_V"] = Heads(f"{attn}.v_proj.bias", "(n h) -> n h", n="n_key_value_heads")
-    if cfg.attn_out_bias:
-        table["blocks.{i}.attn.b_O"] = Copy(f"{attn}.o_proj.bias")
-    return table
+        table["blocks.{i}.attn.q_norm.w"] = Copy(f"{attn}.q_norm.weight")
+        table["blocks.{i}.attn.k_norm.w"] = Copy(f"{attn}.k_norm.weight")
+    return {name: PlusOne(t.key) if name.endswith(".w") else t for name, t in table.items()}
 
-
-IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
 
 register("GemmaForCausalLM", Adapter(gemma_config, gemma_weights, IGNORED, prefix="model."))
 register("Gemma2ForCausalLM", Adapter(gemma2_config, gemma_weights, IGNORED, prefix="model."))
