@@ -67,6 +67,30 @@ def assert_layers_close(ours: list[torch.Tensor], ref: list[torch.Tensor], what:
         assert_close(a, b, what, dtype, label=f"{what} at layer {layer} (first departing layer)")
 
 
+# A Llama-shaped architecture for tests of the library's own mechanics (RMSNorm, rotary, grouped-query
+# attention, gated SiLU MLP, no biases); tests change only the sizes they care about.
+TINY_LLAMA = dict(
+    d_model=32,
+    n_heads=4,
+    n_key_value_heads=2,
+    d_mlp=48,
+    act_fn="silu",
+    gated_mlp=True,
+    normalization_type="RMS",
+    positional_embedding_type="rotary",
+    attn_qkv_bias=False,
+    attn_out_bias=False,
+    mlp_bias=False,
+)
+
+
+def tiny_llama(**sizes):
+    """A HookedTransformerConfig of the TINY_LLAMA architecture; `sizes` gives n_layers, d_vocab, n_ctx, ..."""
+    from hooked import HookedTransformerConfig
+
+    return HookedTransformerConfig(**{**TINY_LLAMA, **sizes})
+
+
 def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn.Module:
     """A random eager float32 HF model for `hf_config`, saved to `folder`; returns the model."""
     torch.manual_seed(seed)

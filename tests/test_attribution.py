@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_llama
 
 from hooked import HookedTransformer, HookedTransformerConfig, patching
 from hooked.attribution import attribute_block_every, attribute_heads, attribute_resid, attribution_patch
 
 GPT2_LIKE = HookedTransformerConfig(d_model=32, n_layers=3, n_heads=4, d_vocab=64, n_ctx=32, initializer_range=0.1)
-LLAMA_LIKE = HookedTransformerConfig(
-    d_model=32,
-    n_layers=3,
-    n_heads=4,
-    n_key_value_heads=2,
-    d_vocab=64,
-    n_ctx=32,
-    d_mlp=48,
-    act_fn="silu",
-    gated_mlp=True,
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    attn_qkv_bias=False,
-    attn_out_bias=False,
-    mlp_bias=False,
-    initializer_range=0.1,
-)
+LLAMA_LIKE = tiny_llama(n_layers=3, d_vocab=64, n_ctx=32, initializer_range=0.1)
 ANSWER, WRONG = 5, 6
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_tokenizer
+from conftest import tiny_llama, tiny_tokenizer
 
 from hooked import HookedTransformer, HookedTransformerConfig
 
@@ -32,23 +32,7 @@ def test_quickstart(tmp_path, capsys):
 # ---- each demo's core on a tiny random model, where its invariants hold exactly ------------------
 
 TINY_CONFIGS = {
-    "llama": HookedTransformerConfig(
-        d_model=32,
-        n_layers=3,
-        n_heads=4,
-        n_key_value_heads=2,
-        d_vocab=128,
-        n_ctx=64,
-        d_mlp=48,
-        act_fn="silu",
-        gated_mlp=True,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        attn_qkv_bias=False,
-        attn_out_bias=False,
-        mlp_bias=False,
-        initializer_range=0.3,
-    ),
+    "llama": tiny_llama(n_layers=3, d_vocab=128, n_ctx=64, initializer_range=0.3),
     "gpt2": HookedTransformerConfig(d_model=32, n_layers=3, n_heads=4, d_vocab=128, n_ctx=64, initializer_range=0.3),
 }
 # The tiny tokenizer knows these words; the prompts differ at one position (the second name).

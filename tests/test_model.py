@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, tiny_tokenizer
+from conftest import assert_close, tiny_llama, tiny_tokenizer
 
 from hooked import HookedTransformer, HookedTransformerConfig
 
-LLAMA_LIKE = HookedTransformerConfig(
-    d_model=32,
-    n_layers=2,
-    n_heads=4,
-    n_key_value_heads=2,
-    d_vocab=128,
-    n_ctx=40,
-    d_mlp=48,
-    act_fn="silu",
-    gated_mlp=True,
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    attn_qkv_bias=False,
-    attn_out_bias=False,
-    mlp_bias=False,
-)
+LLAMA_LIKE = tiny_llama(n_layers=2, d_vocab=128, n_ctx=40)
 GPT2_LIKE = HookedTransformerConfig(d_model=32, n_layers=2, n_heads=4, d_vocab=128, n_ctx=40)
 
 

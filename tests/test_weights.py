@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, tiny_tokenizer
+from conftest import assert_close, tiny_llama, tiny_tokenizer
 
 from hooked import FactoredMatrix, HookedTransformer, HookedTransformerConfig
 
 GPT2_LIKE = HookedTransformerConfig(
     d_model=32, n_layers=3, n_heads=4, d_vocab=128, n_ctx=16, d_mlp=48, unembed_bias=True, initializer_range=0.1
 )
-LLAMA_LIKE = HookedTransformerConfig(
-    d_model=32,
-    n_layers=3,
-    n_heads=4,
-    n_key_value_heads=2,
-    d_vocab=128,
-    n_ctx=16,
-    d_mlp=48,
-    act_fn="silu",
-    gated_mlp=True,
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    attn_qkv_bias=False,
-    attn_out_bias=False,
-    mlp_bias=False,
-    initializer_range=0.1,
-)
+LLAMA_LIKE = tiny_llama(n_layers=3, d_vocab=128, n_ctx=16, initializer_range=0.1)
 # Grouped-query with q/k/v biases but none on the output or the MLP (Qwen2's mix).
 QWEN_LIKE = LLAMA_LIKE.replace(attn_qkv_bias=True)
 CONFIGS = {"gpt2": GPT2_LIKE, "llama": LLAMA_LIKE, "qwen": QWEN_LIKE}
