@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked import cache_analysis
+from hooked import cache_analysis, logit_analysis
 from hooked.utils import Slice, get_act_name
 
 
@@ -137,7 +137,7 @@ class ActivationCache(Mapping):
         return cache_analysis.apply_ln_to_stack(self, stack, layer, mlp_input, pos_slice)
 
     def logit_attrs(self, stack, tokens, incorrect_tokens=None, pos_slice=None):
-        return cache_analysis.logit_attrs(self, stack, tokens, incorrect_tokens, pos_slice)
+        return logit_analysis.logit_attrs(self, stack, tokens, incorrect_tokens, pos_slice)
 
     def get_full_resid_decomposition(
         self, layer=None, mlp_input=False, expand_neurons=True, apply_ln=False, pos_slice=None, return_labels=False
@@ -147,4 +147,4 @@ class ActivationCache(Mapping):
         )
 
     def logit_lens(self, layer=None, incl_mid=False, pos_slice=None, mlp_input=False, return_labels=False):
-        return cache_analysis.logit_lens(self, layer, incl_mid, pos_slice, mlp_input, return_labels)
+        return logit_analysis.logit_lens(self, layer, incl_mid, pos_slice, mlp_input, return_labels)

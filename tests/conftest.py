@@ -27,6 +27,7 @@ install_import_hook(
         "hooked.utils",
         "hooked.weights",
         "hooked.cache_analysis",
+        "hooked.logit_analysis",
         "hooked.processing",
         "hooked.generation",
         "hooked.kv_cache",
