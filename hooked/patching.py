@@ -33,6 +33,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooked.patch_setters import (  # noqa: F401  (re-exported under TransformerLens's names)
+    layer_head_dest_src_pos_pattern_patch_setter,
+    layer_head_pattern_patch_setter,
+    layer_head_pos_pattern_patch_setter,
+    layer_head_vector_patch_setter,
+    layer_pos_head_vector_patch_setter,
+    layer_pos_patch_setter,
+)
 from hooked.utils import get_act_name
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor | float]
@@ -43,63 +51,6 @@ PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor | None]
 TOKENS_PER_FORWARD = 1024
 MAX_PATCHES_PER_FORWARD = 64
 _KV_HOOKS = ("hook_k", "hook_v", "hook_rot_k", "hook_k_input", "hook_v_input")
-
-
-# ---- patch setters: write the clean value of one target into a corrupted activation -----------
-# Each receives the corrupted activation (one copy of the batch, edited in place), the index (layer
-# first, as in TransformerLens) and the whole clean activation.
-
-
-def layer_pos_patch_setter(corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor) -> Tensor:
-    """[batch, pos, ...] activations: one position (all of d_model)."""
-    _, pos = index
-    corrupted_activation[:, pos, ...] = clean_activation[:, pos, ...]
-    return corrupted_activation
-
-
-def layer_pos_head_vector_patch_setter(
-    corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor
-) -> Tensor:
-    """[batch, pos, head, d_head] activations: one head at one position."""
-    _, pos, head = index
-    corrupted_activation[:, pos, head] = clean_activation[:, pos, head]
-    return corrupted_activation
-
-
-def layer_head_vector_patch_setter(
-    corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor
-) -> Tensor:
-    """[batch, pos, head, d_head] activations: one head at every position."""
-    _, head = index
-    corrupted_activation[:, :, head] = clean_activation[:, :, head]
-    return corrupted_activation
-
-
-def layer_head_pattern_patch_setter(
-    corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor
-) -> Tensor:
-    """[batch, head, query_pos, key_pos] patterns: one head's whole pattern."""
-    _, head = index
-    corrupted_activation[:, head] = clean_activation[:, head]
-    return corrupted_activation
-
-
-def layer_head_pos_pattern_patch_setter(
-    corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor
-) -> Tensor:
-    """[batch, head, query_pos, key_pos] patterns: one head's attention from one destination position."""
-    _, head, dest_pos = index
-    corrupted_activation[:, head, dest_pos] = clean_activation[:, head, dest_pos]
-    return corrupted_activation
-
-
-def layer_head_dest_src_pos_pattern_patch_setter(
-    corrupted_activation: Tensor, index: Sequence[int], clean_activation: Tensor
-) -> Tensor:
-    """[batch, head, query_pos, key_pos] patterns: one attention weight (destination, source)."""
-    _, head, dest_pos, src_pos = index
-    corrupted_activation[:, head, dest_pos, src_pos] = clean_activation[:, head, dest_pos, src_pos]
-    return corrupted_activation
 
 
 # ---- the generic loop ---------------------------------------------------------------------------
