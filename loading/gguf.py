@@ -1,8 +1,11 @@
 """GGUF files (llama.cpp's single-file format) as checkpoints: Hugging Face config, names and layout.
 
-The file is read with the `gguf` package's `GGUFReader`, which memory-maps it, and each tensor is
-dequantized to float32 with `gguf.quants.dequantize` only when it is asked for, so a load holds one
-dequantized tensor at a time. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+Architectures: "llama" (Llama, Mistral, SmolLM...) and "gemma3". The tokenizer is rebuilt from the
+same file by loading/gguf_tokenizer.py.
+
+The file's header is parsed by loading/gguf_format.py, which memory-maps the tensor data; each tensor
+is dequantized to float32 with `gguf.quants.dequantize` only when it is asked for, so a load holds
+one dequantized tensor at a time. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 (metadata keys such as `llama.attention.head_count`; tensor shapes listed fastest axis first, so
 numpy's row-major shape is the reverse, which is already Hugging Face's [out, in]).
 
@@ -10,76 +13,185 @@ One fact from llama.cpp's `convert_hf_to_gguf.py` (LlamaModel.permute): the rows
 key projections are reordered on conversion, within each head, from Hugging Face's rotate-half
 rotary layout [first halves..., second halves...] to interleaved pairs, i.e.
 `w.reshape(n_head, 2, d_head // 2, ...).swapaxes(1, 2)`, with n_head the key/value head count for
-keys. `_unpermute` applies the inverse. Llama 3's rope scaling is stored as per-frequency divisors in
-a `rope_freqs` tensor rather than as metadata; `_llama3_scaling` recovers Hugging Face's parameters.
+keys. `_unpermute` applies the inverse (llama.cpp does this for "llama" only). Llama 3's rope
+scaling is stored as per-frequency divisors in a `rope_freqs` tensor rather than as metadata;
+`_llama3_scaling` recovers Hugging Face's parameters.
+
+Gemma 3 facts from llama.cpp (convert_hf_to_gguf.py Gemma3Model, src/llama-model.cpp): every norm
+weight is stored as 1 + w (Hugging Face's Gemma RMSNorm multiplies by 1 + w), so reading subtracts 1;
+the metadata gives the global rotary base and the window but not what llama.cpp hard-codes: local
+layers use rotary base 10000, every sixth layer is global, and queries are scaled by 1/sqrt(head_dim)
+(1/sqrt(d_model / n_heads) for the 62-layer 27B model).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+from loading.gguf_format import GGUFFile, open_gguf
+
 SPECIAL_IDS = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF name, GGUF key name
 
 # GGUF tensor name (within `blk.{i}.` for layers) -> Hugging Face name, without the .weight/.bias suffix.
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-LAYER_NAMES = {
+LLAMA_LAYER_NAMES = {
     **{f"attn_{x}": f"self_attn.{x}_proj" for x in "qkv"},
     **{f"ffn_{x}": f"mlp.{x}_proj" for x in ("gate", "up", "down")},
     "attn_output": "self_attn.o_proj",
     "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
+    "ffn_norm": "post_attention_layernorm",  # Llama's pre-MLP norm
 }
-# Pre-tokenizer regexes by `tokenizer.ggml.pre` (llama.cpp's names). GPT-2's is ByteLevel's own;
-# smollm/starcoder/refact also split every digit apart first.
-GPT2_PRE = ("default", "gpt2", "mpt", "olmo", "smollm", "starcoder", "refact")
-SPLIT_DIGITS_PRE = ("smollm", "starcoder", "refact")
-LLAMA3_PRE = ("llama-bpe", "llama3")
-LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+GEMMA3_LAYER_NAMES = {
+    **LLAMA_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """What every architecture's config is read from: the file's metadata, tensors and main sizes."""
+
+    file: GGUFFile
+    arch: str
+
+    def get(self, key: str, default=None, required: bool = False):
+        """An architecture-scoped metadata value, e.g. get("context_length") reads "llama.context_length"."""
+        return _meta(self.file, f"{self.arch}.{key}", default, required)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.get("block_count", required=True))
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.get("attention.head_count", required=True))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.get("embedding_length", required=True))
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.get("attention.key_length", self.d_model // self.n_heads))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one GGUF architecture maps onto its Hugging Face counterpart."""
+
+    hf_class: str
+    model_type: str
+    layer_names: dict[str, str]
+    config: Callable[[Header], dict]  # the family's own config fields
+    permuted_qk: bool = False  # q/k rows stored interleaved (see the module docstring)
+    norm_offset: float = 0.0  # stored norm weight = Hugging Face's + norm_offset
+    extra_tensors: tuple[str, ...] = ()  # tensors that become config, not weights
+
+
+def _llama_config(h: Header) -> dict:
+    rope_dims = int(h.get("rope.dimension_count", h.head_dim))
+    if rope_dims != h.head_dim:
+        raise ValueError(f"{h.path.name}: rotary over {rope_dims} of {h.head_dim} head dims is not supported.")
+    theta = float(h.get("rope.freq_base", 10000.0))
+    rope = {"rope_type": "default", "rope_theta": theta}
+    scaling = h.get("rope.scaling.type", "none")
+    if "rope_freqs.weight" in h.file.tensors:
+        freqs = h.file.tensors["rope_freqs.weight"]
+        divisors = np.asarray(dequantize(freqs.data, freqs.type), dtype=np.float64).ravel()
+        original = int(h.get("rope.scaling.original_context_length", 8192))
+        rope.update(_llama3_scaling(divisors, theta, h.head_dim, original))
+    elif scaling == "linear":
+        rope.update(rope_type="linear", factor=float(h.get("rope.scaling.factor", required=True)))
+    elif scaling != "none":
+        raise ValueError(f"{h.path.name}: rope scaling {scaling!r} is not supported (supported: none, linear, llama3).")
+    return {"hidden_act": "silu", "rope_parameters": rope, "mlp_bias": "blk.0.ffn_up.bias" in h.file.tensors}
+
+
+def _gemma3_config(h: Header) -> dict:
+    period = h.get("attention.sliding_window_pattern", 6)
+    if not isinstance(period, int) or period < 1:
+        raise ValueError(f"{h.path.name}: sliding_window_pattern {period!r} is not supported (a period is).")
+    full = {"rope_type": "default", "rope_theta": float(h.get("rope.freq_base", 1000000.0))}
+    scaling = h.get("rope.scaling.type", "none")
+    if scaling == "linear":  # the 4B and larger models scale their global layers' rotary
+        full.update(rope_type="linear", factor=float(h.get("rope.scaling.factor", required=True)))
+    elif scaling != "none":
+        raise ValueError(f"{h.path.name}: rope scaling {scaling!r} is not supported for gemma3 (none, linear).")
+    soft_cap = h.get("final_logit_softcapping")
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "sliding_window": int(h.get("attention.sliding_window", required=True)),
+        "layer_types": ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(h.n_layers)],
+        "rope_parameters": {
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        "query_pre_attn_scalar": h.d_model // h.n_heads if h.n_layers == 62 else h.head_dim,
+        "final_logit_softcapping": float(soft_cap) if soft_cap is not None else None,
+        "attn_logit_softcapping": None,
+        "use_bidirectional_attention": False,
+    }
+
+
+ARCHITECTURES = {
+    "llama": Architecture(
+        "LlamaForCausalLM",
+        "llama",
+        LLAMA_LAYER_NAMES,
+        _llama_config,
+        permuted_qk=True,
+        extra_tensors=("rope_freqs.weight",),  # Llama 3's rope scaling
+    ),
+    "gemma3": Architecture("Gemma3ForCausalLM", "gemma3_text", GEMMA3_LAYER_NAMES, _gemma3_config, norm_offset=1.0),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
 @dataclass
 class GGUFCheckpoint:
-    """A GGUF file seen as a Hugging Face Llama checkpoint: config dict, tensor names, tensors on request."""
+    """A GGUF file seen as a Hugging Face checkpoint: config dict, tensor names, tensors on request."""
 
     config: dict
     tensor_names: list[str]
     path: Path
-    reader: GGUFReader = field(repr=False)
-    sources: dict = field(repr=False)  # Hugging Face name -> (gguf ReaderTensor, heads to un-permute or None)
+    file: GGUFFile = field(repr=False)
+    # Hugging Face name -> (GGUFTensor, heads to un-permute or None, amount to subtract)
+    sources: dict = field(repr=False)
 
     @property
     def add_bos_token(self) -> bool | None:
         """Whether the tokenizer puts BOS before each text (None where the file does not say)."""
-        return _meta(self.reader, "tokenizer.ggml.add_bos_token")
+        return _meta(self.file, "tokenizer.ggml.add_bos_token")
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """One tensor, dequantized to float32 in Hugging Face's layout."""
         if name not in self.sources:
             raise ValueError(f"{self.path.name} has no tensor for {name!r} (see .tensor_names).")
-        tensor, heads = self.sources[name]
+        tensor, heads, offset = self.sources[name]
         try:
-            array = dequantize(tensor.data, tensor.tensor_type)
+            array = dequantize(tensor.data, tensor.type)
         except NotImplementedError as error:
             raise ValueError(
-                f"GGUF tensor {tensor.name} has type {tensor.tensor_type.name}, which the installed "
+                f"GGUF tensor {tensor.name} has type {tensor.type.name}, which the installed "
                 f"gguf package cannot dequantize ({error})."
             ) from None
-        array = array.reshape(tuple(int(n) for n in reversed(tensor.shape)))
+        array = array.reshape(tensor.shape)
         if heads is not None:
             array = _unpermute(array, heads)
+        if offset:
+            array = array.astype(np.float32) - np.float32(offset)
         return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # a writable copy, not the memmap
 
     # The interface loading.pretrained.build uses for every checkpoint kind.
@@ -98,19 +210,11 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _meta(reader: GGUFReader, key: str, default=None, required: bool = False):
-    """A metadata value as Python (str, int, float, bool, or a list of them), or `default`."""
-    f = reader.fields.get(key)
-    if f is None and required:
-        raise ValueError(f"The GGUF file has no {key!r} metadata.")
-    if f is None:
-        return default
-    if f.types[0] == GGUFValueType.ARRAY:
-        if f.types[-1] == GGUFValueType.STRING:
-            return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
-        return [f.parts[i].tolist()[0] for i in f.data]
-    part = f.parts[f.data[0]]
-    return bytes(part).decode("utf-8") if f.types[0] == GGUFValueType.STRING else part.tolist()[0]
+def _meta(file: GGUFFile, key: str, default=None, required: bool = False):
+    """A metadata value (str, int, float, bool, or a list of them), or `default`."""
+    if key not in file.metadata and required:
+        raise ValueError(f"{file.path.name} has no {key!r} metadata.")
+    return file.metadata.get(key, default)
 
 
 def read_gguf(path: str | Path) -> GGUFCheckpoint:
@@ -118,79 +222,60 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No GGUF file at {path}.")
-    try:
-        reader = GGUFReader(path)
-    except Exception as error:  # the reader raises assorted errors (bad magic, truncation) on a malformed file
-        raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
-    arch = _meta(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
+    file = open_gguf(path)
+    arch_name = _meta(file, "general.architecture")
+    if arch_name not in ARCHITECTURES:
         raise ValueError(
-            f"{path.name}: GGUF architecture {arch!r} is not supported "
+            f"{path.name}: GGUF architecture {arch_name!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})."
         )
-    tensors = {t.name: t for t in reader.tensors}
-    n_layers = int(_meta(reader, f"{arch}.block_count", required=True))
-    n_heads = int(_meta(reader, f"{arch}.attention.head_count", required=True))
-    n_kv = int(_meta(reader, f"{arch}.attention.head_count_kv", n_heads))
-    d_model = int(_meta(reader, f"{arch}.embedding_length", required=True))
-    head_dim = int(_meta(reader, f"{arch}.attention.key_length", d_model // n_heads))
-
+    arch, tensors = ARCHITECTURES[arch_name], file.tensors
+    h = Header(file, arch_name)
+    n_layers, n_heads = h.n_layers, h.n_heads
+    n_kv = int(h.get("attention.head_count_kv", n_heads))
     sources, unexpected = {}, []
     for name, tensor in tensors.items():
         match = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)", name)
         layer, part, suffix = match.groups() if match else (None, None, None)
         if layer is None:
             hf = GLOBAL_NAMES.get(part)
+        elif part in arch.layer_names and int(layer) < n_layers:
+            hf = f"model.layers.{layer}.{arch.layer_names[part]}"
         else:
-            hf = f"model.layers.{layer}.{LAYER_NAMES[part]}" if part in LAYER_NAMES and int(layer) < n_layers else None
+            hf = None
         if hf is not None:
-            sources[f"{hf}.{suffix}"] = (tensor, {"attn_q": n_heads, "attn_k": n_kv}.get(part))
-        elif name != "rope_freqs.weight":  # rope_freqs holds Llama 3's rope scaling: it becomes config
+            heads = {"attn_q": n_heads, "attn_k": n_kv}.get(part) if arch.permuted_qk else None
+            offset = arch.norm_offset if part.endswith("norm") and suffix == "weight" else 0.0
+            sources[f"{hf}.{suffix}"] = (tensor, heads, offset)
+        elif name not in arch.extra_tensors:
             unexpected.append(name)
     if unexpected:
-        raise ValueError(f"{path.name}: GGUF tensors with no Llama equivalent: {', '.join(unexpected[:10])}.")
+        raise ValueError(f"{path.name}: GGUF tensors with no {arch.hf_class} equivalent: {', '.join(unexpected[:10])}.")
     wanted = ["model.embed_tokens.weight", "model.norm.weight"] + [
-        f"model.layers.{i}.{hf}.weight" for i in range(n_layers) for hf in LAYER_NAMES.values()
+        f"model.layers.{i}.{hf}.weight" for i in range(n_layers) for hf in arch.layer_names.values()
     ]
     if missing := [name for name in wanted if name not in sources]:
         raise ValueError(f"{path.name} lacks {len(missing)} tensors, for {', '.join(missing[:10])} ...")
 
-    rope_dims = int(_meta(reader, f"{arch}.rope.dimension_count", head_dim))
-    if rope_dims != head_dim:
-        raise ValueError(f"{path.name}: rotary over {rope_dims} of {head_dim} head dims is not supported for llama.")
-    theta = float(_meta(reader, f"{arch}.rope.freq_base", 10000.0))
-    rope = {"rope_type": "default", "rope_theta": theta}
-    scaling = _meta(reader, f"{arch}.rope.scaling.type", "none")
-    if "rope_freqs.weight" in tensors:
-        divisors = dequantize(tensors["rope_freqs.weight"].data, tensors["rope_freqs.weight"].tensor_type)
-        original = int(_meta(reader, f"{arch}.rope.scaling.original_context_length", 8192))
-        rope.update(_llama3_scaling(np.asarray(divisors, dtype=np.float64).ravel(), theta, head_dim, original))
-    elif scaling == "linear":
-        rope.update(rope_type="linear", factor=float(_meta(reader, f"{arch}.rope.scaling.factor", required=True)))
-    elif scaling != "none":
-        raise ValueError(f"{path.name}: rope scaling {scaling!r} is not supported (supported: none, linear, llama3).")
-
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": int(tensors["token_embd.weight"].shape[1]),
-        "hidden_size": d_model,
-        "intermediate_size": int(_meta(reader, f"{arch}.feed_forward_length", required=True)),
+        "architectures": [arch.hf_class],
+        "model_type": arch.model_type,
+        "vocab_size": int(tensors["token_embd.weight"].shape[0]),
+        "hidden_size": h.d_model,
+        "intermediate_size": int(h.get("feed_forward_length", required=True)),
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
-        "head_dim": head_dim,
-        "hidden_act": "silu",
-        "rms_norm_eps": float(_meta(reader, f"{arch}.attention.layer_norm_rms_epsilon", required=True)),
-        "max_position_embeddings": int(_meta(reader, f"{arch}.context_length", required=True)),
-        "rope_parameters": rope,
+        "head_dim": h.head_dim,
+        "rms_norm_eps": float(h.get("attention.layer_norm_rms_epsilon", required=True)),
+        "max_position_embeddings": int(h.get("context_length", required=True)),
         "tie_word_embeddings": "lm_head.weight" not in sources,
         "attention_bias": "model.layers.0.self_attn.q_proj.bias" in sources,
-        "mlp_bias": "model.layers.0.mlp.up_proj.bias" in sources,
-        **{f"{k}_token_id": _meta(reader, f"tokenizer.ggml.{m}_token_id") for k, m in SPECIAL_IDS if k != "unk"},
+        **arch.config(h),
+        **{f"{k}_token_id": _meta(file, f"tokenizer.ggml.{m}_token_id") for k, m in SPECIAL_IDS if k != "unk"},
         "_name_or_path": str(path),
     }
-    return GGUFCheckpoint(config, list(sources), path, reader, sources)
+    return GGUFCheckpoint(config, list(sources), path, file, sources)
 
 
 def _llama3_scaling(divisors: np.ndarray, theta: float, head_dim: int, original: int) -> dict:
@@ -216,58 +301,3 @@ def _llama3_scaling(divisors: np.ndarray, theta: float, head_dim: int, original:
     if not np.allclose(1 / ((1 - smooth) / factor + smooth), divisors, rtol=1e-4):
         raise ValueError(f"The GGUF file's rope_freqs tensor does not follow llama3 rope scaling (tried {params}).")
     return params
-
-
-def tokenizer_from_gguf(path_or_reader):
-    """A fast tokenizer from the file's `tokenizer.ggml.*` metadata (byte-level BPE, llama.cpp's "gpt2" model).
-
-    Takes a path, a `GGUFCheckpoint` (reusing its open reader) or a `gguf.GGUFReader`.
-    """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    reader = path_or_reader.reader if isinstance(path_or_reader, GGUFCheckpoint) else path_or_reader
-    reader = reader if isinstance(reader, GGUFReader) else read_gguf(reader).reader
-    kind = _meta(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"GGUF tokenizer model {kind!r} is not supported (supported: 'gpt2', byte-level BPE).")
-    tokens = _meta(reader, "tokenizer.ggml.tokens", required=True)
-    merges = [tuple(merge.split(" ", 1)) for merge in _meta(reader, "tokenizer.ggml.merges", required=True)]
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
-    pre = _meta(reader, "tokenizer.ggml.pre", "default")
-    if pre not in (*GPT2_PRE, *LLAMA3_PRE):
-        warnings.warn(f"GGUF pre-tokenizer {pre!r} is not known here; splitting text as GPT-2 does.", stacklevel=2)
-    steps = [pre_tokenizers.Digits(individual_digits=True)] if pre in SPLIT_DIGITS_PRE else []
-    steps += [pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated")] if pre in LLAMA3_PRE else []
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in LLAMA3_PRE)  # GPT-2's regex
-    tok.pre_tokenizer = pre_tokenizers.Sequence([*steps, byte_level])
-    tok.decoder = decoders.ByteLevel()
-    # Token types (GGUF spec): 3 control tokens are special, 4 user-defined ones are matched verbatim.
-    types = _meta(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    tok.add_tokens(
-        [AddedToken(t, special=k == 3, normalized=False) for t, k in zip(tokens, types, strict=True) if k in (3, 4)]
-    )
-
-    ids = {key: _meta(reader, f"tokenizer.ggml.{m}_token_id") for key, m in SPECIAL_IDS}
-    named = {key: tokens[i] if i is not None and i < len(tokens) else None for key, i in ids.items()}
-    add = {
-        key: bool(_meta(reader, f"tokenizer.ggml.add_{key}_token", False)) and named[key] is not None
-        for key in ("bos", "eos")
-    }
-    if any(add.values()):  # e.g. "<s> $A" (transformers 5 rebuilds the same from add_bos_token/add_eos_token)
-        first, last = [f"{named['bos']}:0"] * add["bos"], [f"{named['eos']}:0"] * add["eos"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=[*first, "$A:0", *last],
-            pair=[*first, "$A:0", *last, "$B:1"],
-            special_tokens=[(named[key], ids[key]) for key in ("bos", "eos") if add[key]],
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=named["bos"],
-        eos_token=named["eos"],
-        unk_token=named["unk"],
-        pad_token=named["pad"],
-        add_bos_token=add["bos"],
-        add_eos_token=add["eos"],
-        chat_template=_meta(reader, "tokenizer.chat_template"),
-    )

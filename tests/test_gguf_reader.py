@@ -3,6 +3,7 @@ of the same file, plus tiny files written here with `gguf.GGUFWriter` for layout
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,9 @@ from conftest import assert_close, smollm2_path
 from gguf import GGUFWriter
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from loading.gguf import read_gguf, tokenizer_from_gguf
+from loading.gguf import read_gguf
+from loading.gguf_format import open_gguf
+from loading.gguf_tokenizer import tokenizer_from_gguf
 from loading.pretrained import build
 
 CONFIG_FIELDS = [
@@ -68,6 +71,22 @@ def test_every_smollm2_tensor_equals_transformers_dequantization(smollm2_file, h
         assert torch.equal(ours, reference[name]), f"{name}: max |diff| {(ours - reference[name]).abs().max()}"
 
 
+@pytest.mark.slow
+def test_header_parser_reads_what_gguf_reader_reads(smollm2_file):
+    """loading/gguf_format.py against the gguf package's own reader: every metadata value, every tensor's
+    name, shape, type and bytes."""
+    reader = gguf.GGUFReader(smollm2_file)
+    ours = open_gguf(smollm2_file)
+    assert list(ours.metadata) == [k for k in reader.fields if not k.startswith("GGUF.")]
+    for key, value in ours.metadata.items():
+        assert value == reader.fields[key].contents(), key
+    assert list(ours.tensors) == [t.name for t in reader.tensors]
+    for t in reader.tensors:
+        mine = ours.tensors[t.name]
+        assert mine.shape == tuple(int(n) for n in reversed(t.shape)) and mine.type == t.tensor_type, t.name
+        assert np.array_equal(mine.data.ravel(), t.data.view(np.uint8).ravel()), t.name
+
+
 def test_smollm2_config_matches_transformers(smollm2_file):
     from transformers import AutoConfig
 
@@ -121,13 +140,24 @@ def to_gguf_rows(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_name(hf_name: str) -> str:
+# llama.cpp's names for Gemma 3 (gguf-py tensor_mapping): the pre-MLP norm is ffn_norm, as in Llama.
+GEMMA3_NAMES = {
+    **GGUF_NAMES,
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+}
+
+
+def gguf_name(hf_name: str, names: dict = GGUF_NAMES) -> str:
     fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if hf_name in fixed or hf_name == "lm_head.weight":
         return fixed.get(hf_name, "output.weight")
     _, _, layer, rest = hf_name.split(".", 3)
     module = rest.rsplit(".", 1)[0]
-    return f"blk.{layer}.{GGUF_NAMES[module]}.weight"
+    return f"blk.{layer}.{names[module]}.weight"
 
 
 def tiny_hf(tie: bool = False, **overrides) -> LlamaForCausalLM:
@@ -250,7 +280,7 @@ def test_tokenizer_adds_bos_when_the_file_says_so(tmp_path):
 
 
 def test_other_architectures_are_refused_by_name(tmp_path):
-    with pytest.raises(ValueError, match=r"architecture 'gpt2' is not supported \(supported: llama\)"):
+    with pytest.raises(ValueError, match=r"architecture 'gpt2' is not supported \(supported: llama, gemma3\)"):
         read_gguf(write_gguf(tmp_path / "gpt2.gguf", tiny_hf(), arch="gpt2"))
 
 
@@ -281,3 +311,78 @@ def test_a_tensor_type_gguf_cannot_dequantize_is_named(tmp_path):
     checkpoint.get_tensor("model.layers.0.input_layernorm.weight")  # the others still load
     with pytest.raises(ValueError, match="output_norm.weight has type I32, which the installed gguf package cannot"):
         checkpoint.get_tensor("model.norm.weight")
+
+
+def write_gemma3_gguf(path, model, linear_factor=None):
+    """A Gemma3ForCausalLM as llama.cpp stores it: Gemma names, norm weights as 1 + w, q/k rows as they are."""
+    cfg = model.config
+    writer = GGUFWriter(path, "gemma3")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(cfg.head_dim)
+    writer.add_value_length(cfg.head_dim)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
+    writer.add_sliding_window(cfg.sliding_window)
+    if linear_factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(linear_factor)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":  # tied
+            continue
+        w = tensor.numpy() + (1.0 if name.endswith("norm.weight") else 0.0)
+        writer.add_tensor(gguf_name(name, GEMMA3_NAMES), np.ascontiguousarray(w, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("linear_factor", [None, 8.0])
+def test_tiny_gemma3_file_runs_like_transformers(tmp_path, linear_factor):
+    """Seven layers, so llama.cpp's fixed pattern (every sixth layer global) and the window both show."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    full = {"rope_type": "default", "rope_theta": 1000000.0}
+    if linear_factor is not None:
+        full = {"rope_type": "linear", "rope_theta": 1000000.0, "factor": linear_factor}
+    hf_config = Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=7,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        layer_types=["full_attention" if i == 5 else "sliding_attention" for i in range(7)],
+        rope_parameters={"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    hf = Gemma3ForCausalLM(hf_config).eval()
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if "norm" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    checkpoint = read_gguf(write_gemma3_gguf(tmp_path / "gemma3.gguf", hf, linear_factor))
+    reference = hf.state_dict()
+    assert set(checkpoint.tensor_names) == set(reference) - {"lm_head.weight"}
+    for name in checkpoint.tensor_names:  # norms come back as w, not the stored 1 + w (to float32 rounding)
+        assert_close(checkpoint.get_tensor(name), reference[name], "logits", label=name)
+    for field in ("layer_types", "sliding_window", "head_dim", "query_pre_attn_scalar", "rope_parameters"):
+        assert checkpoint.config[field] == hf.config.to_dict()[field], field
+
+    ours = build(checkpoint.config, checkpoint)
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        for name, tensor in hf.state_dict().items():  # what the file holds: (1 + w) - 1 in float32
+            tensor.copy_(checkpoint.get_tensor(name) if name in checkpoint.tensor_names else tensor)
+        assert_close(ours(tokens), hf(tokens).logits, "logits")
