@@ -8,6 +8,13 @@ Mathematical Framework for Transformer Circuits"):
     attn_out[l]  = sum_h result[l, h] + b_O[l],    result[l, h] = z[l, h] @ W_O[l, h]
     mlp_out[l]   = sum_n post[l, n] * W_out[l, n] + b_out[l]
 
+Block variants (components/block.py) change two things. A parallel block's MLP reads resid_pre: the
+stream entering its MLP holds none of the block's own attention (and there is no resid_mid). A block
+with post-norms (Gemma 2/3, OLMo 2) adds ln1_post(attention output) and ln2_post(MLP output): each
+head's result, neuron's write and bias reaches the residual through that norm, frozen at its cached
+`hook_scale` so that it is linear (frozen_norms.py), and the parts still sum exactly. A mixture of
+experts has no per-block neurons; its MLP output stays whole.
+
 Each decomposition returns a stack [component, *batch, pos, d_model] whose sum over the first axis
 is exactly the residual it decomposes. With `return_labels=True` it also returns one label per
 component:
@@ -16,9 +23,9 @@ component:
     "{l}_pre", "{l}_mid"            residual entering block l, entering its MLP (accumulated_resid)
     "final_post"                    residual after the last block, the input of ln_final
     "{l}_attn_out", "{l}_mlp_out"   a whole attention / MLP output, its bias included
-    "L{l}H{h}"                      head h of layer l: its result, without b_O
-    "L{l}N{n}"                      neuron n of layer l: post * W_out[n], without b_out
-    "bias"                          the b_O / b_out terms no listed component includes
+    "L{l}H{h}"                      head h of layer l: its result, without b_O (through any post-norm)
+    "L{l}N{n}"                      neuron n of layer l: post * W_out[n], without b_out (likewise)
+    "bias"                          the b_O / b_out terms no listed component includes (likewise)
     "remainder"                     the residual minus the listed components
 
 Conventions. A residual `layer` counts streams 0..n_layers: L is the stream entering block L (its
@@ -36,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked.components.norms import LayerNorm, RMSNorm
+from hooked.frozen_norms import bias_writes, cached_scale, centers, frozen_norm, through_post_norm
 from hooked.utils import Slice
 
 if TYPE_CHECKING:
@@ -60,11 +67,18 @@ def _resid_layer(cache: ActivationCache, layer: int | None, mlp_input: bool = Fa
     return resolved
 
 
+def _reads_own_attention(cache: ActivationCache, mlp_input: bool) -> bool:
+    """Whether the stream asked for holds its block's attention output: an MLP input, unless the block
+    is parallel (its MLP reads resid_pre)."""
+    return mlp_input and not cache.model.cfg.parallel_attn_mlp
+
+
 def _residual(cache: ActivationCache, layer: int, mlp_input: bool) -> Tensor:
     n_layers = cache.model.cfg.n_layers
     if layer == n_layers:
         return cache[f"blocks.{n_layers - 1}.hook_resid_post"]
-    return cache[f"blocks.{layer}.hook_resid_mid" if mlp_input else f"blocks.{layer}.hook_resid_pre"]
+    mid = _reads_own_attention(cache, mlp_input)
+    return cache[f"blocks.{layer}.hook_resid_mid" if mid else f"blocks.{layer}.hook_resid_pre"]
 
 
 def _norm_name(cache: ActivationCache, layer: int, mlp_input: bool) -> str:
@@ -74,13 +88,11 @@ def _norm_name(cache: ActivationCache, layer: int, mlp_input: bool) -> str:
     return f"blocks.{layer}.{'ln2' if mlp_input else 'ln1'}"
 
 
-def _centers(norm: nn.Module) -> bool:
-    """Whether the norm subtracts the mean over d_model before scaling (LayerNorm does, RMSNorm not)."""
-    if isinstance(norm, LayerNorm):
-        return True
-    if isinstance(norm, RMSNorm):
-        return False
-    raise TypeError(f"Cannot apply a {type(norm).__name__} to a residual stack: only LayerNorm and RMSNorm are known.")
+def _reading_norm(cache: ActivationCache, layer: int, mlp_input: bool) -> nn.Module | None:
+    """The norm module reading residual stream `layer`; None where the sublayer reads the residual
+    itself (OLMo 2's blocks, whose ln1 and ln2 are identities)."""
+    norm = cache.model.get_submodule(_norm_name(cache, layer, mlp_input))
+    return None if isinstance(norm, nn.Identity) else norm
 
 
 def _renormalize(x: Float[Tensor, "... d_model"], norm: nn.Module) -> Float[Tensor, "... d_model"]:
@@ -91,7 +103,7 @@ def _renormalize(x: Float[Tensor, "... d_model"], norm: nn.Module) -> Float[Tens
     """
     dtype = x.dtype
     x = x.float()
-    if _centers(norm):
+    if centers(norm):
         x = x - x.mean(-1, keepdim=True)
     return (x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()).to(dtype)
 
@@ -142,13 +154,19 @@ def accumulated_resid(
 ) -> Stack | tuple[Stack, list[str]]:
     """The residual stream at each point up to `layer`: "0_pre", ... , f"{layer}_pre" (with `incl_mid`
     also each earlier "{l}_mid"; with `mlp_input` ending at f"{layer}_mid"), or ending at "final_post"
-    for the final stream.
+    for the final stream. Parallel blocks have no resid_mid: `incl_mid` is refused, and with
+    `mlp_input` the last entry is f"{layer}_pre", the stream their MLP reads.
 
     `apply_ln` normalizes every entry by its OWN mean and scale, as the norm reading `layer` would if
     given that residual (before the norm's weight). TransformerLens divided every entry by the scale
     cached for the last one, which misstates all earlier layers; for the final stream the two agree.
     """
     layer = _resid_layer(cache, layer, mlp_input)
+    if incl_mid and cache.model.cfg.parallel_attn_mlp:
+        raise ValueError(
+            "incl_mid=True lists each block's resid_mid, which this model's parallel blocks do not have "
+            "(attention and MLP both read resid_pre): leave incl_mid False."
+        )
     parts: list[Part] = []
     for l in range(layer):
         parts.append(([f"{l}_pre"], cache[f"blocks.{l}.hook_resid_pre"]))
@@ -158,12 +176,13 @@ def accumulated_resid(
         parts.append((["final_post"], _residual(cache, layer, False)))
     else:
         parts.append(([f"{layer}_pre"], cache[f"blocks.{layer}.hook_resid_pre"]))
-        if mlp_input:
+        if _reads_own_attention(cache, mlp_input):
             parts.append(([f"{layer}_mid"], cache[f"blocks.{layer}.hook_resid_mid"]))
     parts = [(names, _sliced(resid, pos_slice)[None]) for names, resid in parts]
     stack, labels = _assemble(cache, parts, layer, mlp_input, False, pos_slice, True)
-    if apply_ln:
-        stack = _renormalize(stack, cache.model.get_submodule(_norm_name(cache, layer, mlp_input)))
+    norm = _reading_norm(cache, layer, mlp_input)
+    if apply_ln and norm is not None:
+        stack = _renormalize(stack, norm)
     return (stack, labels) if return_labels else stack
 
 
@@ -178,13 +197,14 @@ def decompose_resid(
     return_labels: bool = False,
 ) -> Stack | tuple[Stack, list[str]]:
     """The residual stream at `layer` as "embed", "pos_embed", then "{l}_attn_out" and "{l}_mlp_out" of
-    each earlier layer (and `layer`'s own attention with `mlp_input`). With mode "all" and the
-    embeddings it sums to that residual; "attn" / "mlp" keep one kind of layer output."""
+    each earlier layer (and `layer`'s own attention with `mlp_input`, unless the block is parallel).
+    With mode "all" and the embeddings it sums to that residual; "attn" / "mlp" keep one kind of
+    layer output."""
     if mode not in ("all", "mlp", "attn"):
         raise ValueError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}.")
     layer = _resid_layer(cache, layer, mlp_input)
     parts = _embed_parts(cache, pos_slice) if incl_embeds else []
-    for l in range(layer + 1 if mlp_input else layer):
+    for l in range(layer + 1 if _reads_own_attention(cache, mlp_input) else layer):
         if mode != "mlp":
             parts.append(([f"{l}_attn_out"], _sliced(cache[f"blocks.{l}.hook_attn_out"], pos_slice)[None]))
         if mode != "attn" and l < layer:
@@ -196,12 +216,18 @@ def decompose_resid(
 
 
 def _head_results(cache: ActivationCache, layer: int, pos_slice: Any = None) -> Float[Tensor, "... n_heads d_model"]:
-    """Each head's write to the residual: the cached hook_result, else z @ W_O (the same einsum)."""
+    """Each head's result (hook_result): the cached one, else z @ W_O (the same einsum). Before any
+    post-norm; `_head_writes` is what reaches the residual."""
     name = f"blocks.{layer}.attn.hook_result"
     if name in cache.cache_dict:
         return _sliced(cache.cache_dict[name], pos_slice, dim=-3)
     z = _sliced(cache[f"blocks.{layer}.attn.hook_z"], pos_slice, dim=-3)
     return torch.einsum("...nh,nhm->...nm", z, cache.model.blocks[layer].attn.W_O.to(z.device))
+
+
+def _head_writes(cache: ActivationCache, layer: int, pos_slice: Any = None) -> Float[Tensor, "... n_heads d_model"]:
+    """Each head's write to the residual: its result, through the block's post-norm if it has one."""
+    return through_post_norm(cache, layer, "attn", _head_results(cache, layer, pos_slice), pos_slice)
 
 
 def compute_head_results(cache: ActivationCache) -> None:
@@ -225,7 +251,7 @@ def stack_head_results(
     layer = _resid_layer(cache, layer)
     n_heads = cache.model.cfg.n_heads
     parts: list[Part] = [
-        ([f"L{l}H{h}" for h in range(n_heads)], _head_results(cache, l, pos_slice).movedim(-2, 0)) for l in range(layer)
+        ([f"L{l}H{h}" for h in range(n_heads)], _head_writes(cache, l, pos_slice).movedim(-2, 0)) for l in range(layer)
     ]
     if incl_remainder:
         remainder = _sliced(_residual(cache, layer, False), pos_slice)
@@ -249,15 +275,27 @@ def stack_activation(
 # ---- MLP neurons ---------------------------------------------------------------------------------
 
 
+def _refuse_experts(cache: ActivationCache) -> None:
+    n_experts = cache.model.cfg.num_experts
+    if n_experts:
+        raise ValueError(
+            f"Neuron results need one MLP per block, but this model's blocks each mix {n_experts} experts, whose "
+            "neurons see only the tokens routed to them (blocks.{l}.mlp.experts.{e}.hook_post). Use "
+            "get_full_resid_decomposition(expand_neurons=False), which keeps each MLP output whole, or decompose_resid."
+        )
+
+
 def get_neuron_results(
     cache: ActivationCache, layer: int, neuron_slice: Any = None, pos_slice: Any = None
 ) -> Float[Tensor, "... d_mlp d_model"]:
-    """Each neuron's write to the residual in block `layer`: post[..., n] * W_out[n] (no bias)."""
+    """Each neuron's write to the residual in block `layer`: post[..., n] * W_out[n] (no bias), through
+    the block's post-norm if it has one. Refused for a mixture of experts."""
+    _refuse_experts(cache)
     layer = range(cache.model.cfg.n_layers)[layer]
     neurons = Slice(neuron_slice)
     post = neurons.apply(_sliced(cache[f"blocks.{layer}.mlp.hook_post"], pos_slice), dim=-1)
     W_out = neurons.apply(cache.model.blocks[layer].mlp.W_out.to(post.device), dim=0)
-    return post[..., None] * W_out
+    return through_post_norm(cache, layer, "mlp", post[..., None] * W_out, pos_slice)
 
 
 def stack_neuron_results(
@@ -271,6 +309,7 @@ def stack_neuron_results(
 ) -> Stack | tuple[Stack, list[str]]:
     """Every neuron (or those `neuron_slice` picks) of the layers before `layer` ("L{l}N{n}"), plus with
     `incl_remainder` the rest of that residual, so the stack sums to it."""
+    _refuse_experts(cache)
     layer = _resid_layer(cache, layer)
     d_mlp = cache.model.cfg.d_mlp
     indices = [int(n) % d_mlp for n in Slice(neuron_slice).indices(d_mlp)]
@@ -303,12 +342,15 @@ def get_full_resid_decomposition(
     """The residual at `layer` split as finely as the cache allows, in TransformerLens's order: every
     head ("L{l}H{h}"), every neuron ("L{l}N{n}", or "{l}_mlp_out" without `expand_neurons`), "embed",
     "pos_embed", then "bias" (the b_O, and b_out when neurons are expanded, that no other entry
-    holds). Sums to the residual exactly."""
+    holds; through post-norms, what they write, and the post-norms' biases). Sums to the residual
+    exactly. A mixture of experts has no per-block neurons: it needs `expand_neurons=False`."""
     layer = _resid_layer(cache, layer, mlp_input)
+    if expand_neurons:
+        _refuse_experts(cache)
     n_heads, d_mlp = cache.model.cfg.n_heads, cache.model.cfg.d_mlp
+    attn_layers = range(layer + 1 if _reads_own_attention(cache, mlp_input) else layer)
     parts: list[Part] = [
-        ([f"L{l}H{h}" for h in range(n_heads)], _head_results(cache, l, pos_slice).movedim(-2, 0))
-        for l in range(layer + 1 if mlp_input else layer)
+        ([f"L{l}H{h}" for h in range(n_heads)], _head_writes(cache, l, pos_slice).movedim(-2, 0)) for l in attn_layers
     ]
     for l in range(layer):
         if expand_neurons:
@@ -317,9 +359,8 @@ def get_full_resid_decomposition(
         else:
             parts.append(([f"{l}_mlp_out"], _sliced(cache[f"blocks.{l}.hook_mlp_out"], pos_slice)[None]))
     parts += _embed_parts(cache, pos_slice)
-    bias = cache.model.accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons)
-    like = parts[-1][1][0]
-    parts.append((["bias"], bias.to(like).expand_as(like)[None]))
+    mlp_layers = range(layer if expand_neurons else 0)
+    parts.append((["bias"], bias_writes(cache, attn_layers, mlp_layers, parts[-1][1][0], pos_slice)[None]))
     return _assemble(cache, parts, layer, mlp_input, apply_ln, pos_slice, return_labels)
 
 
@@ -335,17 +376,15 @@ def apply_ln_to_stack(
     RMSNorm: only divide. The cached scale is that of the whole residual, so the map is linear and
     the scaled components still sum to the norm's `hook_normalized` (the output before its weight w
     and bias b; multiply by w yourself, or fold_layer_norm first, as TransformerLens users did).
-    `pos_slice` is the slice the stack was cut with, applied to the scale too.
+    `pos_slice` is the slice the stack was cut with, applied to the scale too. Where the sublayer
+    reads the residual itself (OLMo 2's blocks have no norm before attention or MLP), the stack is
+    returned as it is.
     """
     layer = _resid_layer(cache, layer, mlp_input)
-    norm_name = _norm_name(cache, layer, mlp_input)
-    scale_name = f"{norm_name}.hook_scale"
-    if scale_name not in cache.cache_dict:
-        raise ValueError(
-            f"apply_ln_to_stack needs the cached norm scale {scale_name!r}, which this cache lacks: "
-            f"add {scale_name!r} to names_filter when calling run_with_cache."
-        )
-    scale = _sliced(cache.cache_dict[scale_name], pos_slice)
+    norm = _reading_norm(cache, layer, mlp_input)
+    if norm is None:
+        return stack
+    scale = cached_scale(cache, _norm_name(cache, layer, mlp_input), "apply_ln_to_stack", pos_slice)
     leading = scale.shape[:-1]  # the stack's axes between its component axis and d_model must match
     if tuple(stack.shape[-1 - len(leading) : -1]) != tuple(leading):
         raise ValueError(
@@ -353,8 +392,4 @@ def apply_ln_to_stack(
             f"(+ d_model) for pos_slice={pos_slice!r}: slice the stack with the same pos_slice (or pass the "
             "same pos_slice to the function that built it)."
         )
-    dtype = stack.dtype
-    x = stack.float()  # the norm's statistics were float32; its scale is float32
-    if _centers(cache.model.get_submodule(norm_name)):
-        x = x - x.mean(-1, keepdim=True)
-    return (x / scale).to(dtype)
+    return frozen_norm(stack, norm, scale)

@@ -147,8 +147,11 @@ class WeightsMixin:
         """The sum of the biases written to the residual stream before `layer`'s attention reads it.
 
         That is b_O (and, with `include_mlp_biases`, b_out) of every layer < `layer`; with `mlp_input`,
-        also b_O of `layer` itself (the stream its MLP reads). `layer` runs 0..n_layers (n_layers: the
-        final residual, after every block).
+        also b_O of `layer` itself (the stream its MLP reads; not in a parallel block, whose MLP reads
+        resid_pre). `layer` runs 0..n_layers (n_layers: the final residual, after every block). In
+        blocks with post-norms (Gemma 2/3, OLMo 2) a bias reaches the residual through the norm, as a
+        different vector at each position: this raw sum is not what they write (the "bias" entry of
+        `ActivationCache.get_full_resid_decomposition` is).
         """
         n_layers = self.cfg.n_layers
         if not 0 <= layer <= n_layers:
@@ -158,7 +161,7 @@ class WeightsMixin:
         total = self.b_O[:layer].sum(0)
         if include_mlp_biases:
             total = total + self.b_out[:layer].sum(0)
-        if mlp_input:
+        if mlp_input and not self.cfg.parallel_attn_mlp:
             total = total + self.b_O[layer]
         return total
 

@@ -27,6 +27,7 @@ install_import_hook(
         "hooked.utils",
         "hooked.weights",
         "hooked.cache_analysis",
+        "hooked.frozen_norms",
         "hooked.logit_analysis",
         "hooked.processing",
         "hooked.generation",
