@@ -124,11 +124,24 @@ def compare(label: str, folder: Path, repeats: int) -> dict:
         for batch in (1, 8):  # greedy, 32 new tokens, on the key-value cache; reported as seconds per run
             prompt = tokens[:batch, :16]
             rows[f"generate_b{batch}_s"] = (
-                median_seconds(lambda p=prompt: ours.generate(p, max_new_tokens=32, do_sample=False,
-                                                              stop_at_eos=False, verbose=False), repeats),
-                median_seconds(lambda p=prompt: ref.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=32,
-                                                             min_new_tokens=32, do_sample=False, eos_token_id=None,
-                                                             pad_token_id=0), repeats),
+                median_seconds(
+                    lambda p=prompt: ours.generate(
+                        p, max_new_tokens=32, do_sample=False, stop_at_eos=False, verbose=False
+                    ),
+                    repeats,
+                ),
+                median_seconds(
+                    lambda p=prompt: ref.generate(
+                        p,
+                        attention_mask=torch.ones_like(p),
+                        max_new_tokens=32,
+                        min_new_tokens=32,
+                        do_sample=False,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    ),
+                    repeats,
+                ),
             )
     # The two ablations must be the same computation, or the timing comparison means nothing.
     assert torch.allclose(ablated_ours, ablated_ref, atol=1e-3), "the ablations differ"
