@@ -1,14 +1,11 @@
 """Pictures of a model's insides with no JavaScript toolchain: an attention viewer in one HTML file,
-and PNG heatmaps for patching grids, head scores and logit-lens tables.
+and (from hooked/heatmaps.py, re-exported here) PNG heatmaps for patching grids, head scores and
+logit-lens tables.
 
 The attention viewer plays the part CircuitsVis's `attention_patterns` played in TransformerLens
 notebooks: tokens, a head selector, and on hovering a token, the attention it gives (as the query)
 and receives (as a key). It is one self-contained HTML document (inline CSS and JS, no network, no
 external library); `AttentionView` shows the same thing inline in a Jupyter notebook.
-
-The heatmaps draw with matplotlib's object API (a `Figure` saved straight to PNG with Agg), so they
-never touch pyplot's global state or the notebook's backend. Every function takes tensors or numpy
-arrays; tensors are detached, cast to float and moved to the CPU first.
 """
 
 from __future__ import annotations
@@ -22,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from hooked.heatmaps import (
+    _check_labels,
+    _to_numpy,
+    plot_heatmap,
+    plot_layer_head_grid,
+    plot_layer_pos_grid,
+    plot_logit_lens_table,
+    plot_scatter,
+)
 
 __all__ = [
     "AttentionView",
@@ -33,24 +39,6 @@ __all__ = [
     "plot_logit_lens_table",
     "plot_scatter",
 ]
-
-
-def _to_numpy(values: Any, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().float().cpu().numpy()
-    array = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{what} contains NaN or infinite values; pass finite numbers.")
-    return array
-
-
-def _check_labels(labels: Sequence[str] | None, size: int, what: str) -> list[str] | None:
-    if labels is None:
-        return None
-    labels = [str(label) for label in labels]
-    if len(labels) != size:
-        raise ValueError(f"{what} has {len(labels)} labels but the data has {size} entries along that axis.")
-    return labels
 
 
 # ---- the attention viewer ------------------------------------------------------------------------
@@ -248,175 +236,3 @@ def attention_html(
     if path is not None:
         Path(path).write_text(document, encoding="utf-8")
     return document
-
-
-# ---- PNG heatmaps ----------------------------------------------------------------------------------
-
-
-def _tick_label(token: str, position: int) -> str:
-    # Quotes make leading spaces visible; "$" would start matplotlib mathtext.
-    text = token.replace("\n", "\\n").replace("$", r"\$")
-    return f"'{text}' {position}"
-
-
-def plot_heatmap(
-    values: Any,
-    path: str | Path,
-    row_labels: Sequence[str] | None = None,
-    col_labels: Sequence[str] | None = None,
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    colorbar_label: str = "",
-    cell_text: Sequence[Sequence[str]] | None = None,
-    diverging: bool | None = None,
-) -> Path:
-    """Draw a [rows, cols] array as a PNG heatmap and return its path.
-
-    diverging: a red-white-blue scale centred on 0 (None: when any value is negative), else white to blue.
-    cell_text: optional [rows][cols] strings printed in the cells (e.g. top tokens).
-    """
-    from matplotlib.figure import Figure
-
-    array = _to_numpy(values, "values")
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"values must be a non-empty 2-d array [rows, cols], got shape {tuple(array.shape)}.")
-    rows, cols = array.shape
-    row_labels = _check_labels(row_labels, rows, "row_labels")
-    col_labels = _check_labels(col_labels, cols, "col_labels")
-    if cell_text is not None and (len(cell_text) != rows or any(len(row) != cols for row in cell_text)):
-        raise ValueError(f"cell_text must be {rows} rows of {cols} strings, matching values.")
-    if diverging is None:
-        diverging = bool((array < 0).any())
-    if diverging:
-        bound = float(np.abs(array).max()) or 1.0
-        cmap, vmin, vmax = "RdBu", -bound, bound
-    else:
-        cmap, vmin, vmax = "Blues", min(0.0, float(array.min())), float(array.max()) or 1.0
-
-    cell_w, cell_h = (0.9, 0.32) if cell_text is not None else (0.38, 0.26)
-    width = min(40.0, max(5.0, 2.5 + cell_w * cols))
-    height = min(40.0, max(3.5, 1.8 + cell_h * rows))
-    fig = Figure(figsize=(width, height))
-    ax = fig.subplots()
-    image = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label=colorbar_label, fraction=0.04)
-    ax.set_xticks(range(cols), col_labels or [str(c) for c in range(cols)], rotation=90 if col_labels else 0)
-    ax.set_yticks(range(rows), row_labels or [str(r) for r in range(rows)])
-    ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if cell_text is not None:
-        norm = image.norm
-        for r, c in itertools.product(range(rows), range(cols)):
-            dark = abs(norm(array[r, c]) - 0.5) > 0.3 if diverging else norm(array[r, c]) > 0.6
-            text = str(cell_text[r][c]).replace("\n", "\\n").replace("$", r"\$")
-            ax.text(c, r, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100)
-    return path
-
-
-def plot_layer_pos_grid(
-    values: Any,
-    tokens: Sequence[str],
-    path: str | Path,
-    title: str = "",
-    layer_labels: Sequence[str] | None = None,
-    colorbar_label: str = "",
-) -> Path:
-    """A [layers, positions] grid (e.g. residual-stream patching), positions labelled by their tokens."""
-    array = _to_numpy(values, "values")
-    if array.ndim != 2:
-        raise ValueError(f"values must be [layers, positions], got shape {tuple(array.shape)}.")
-    if len(tokens) != array.shape[1]:
-        raise ValueError(f"values has {array.shape[1]} positions but {len(tokens)} tokens were given.")
-    col_labels = [_tick_label(str(token), i) for i, token in enumerate(tokens)]
-    return plot_heatmap(array, path, layer_labels, col_labels, title, "position", "layer", colorbar_label)
-
-
-def plot_layer_head_grid(
-    values: Any,
-    path: str | Path,
-    title: str = "",
-    layer_labels: Sequence[str] | None = None,
-    head_labels: Sequence[str] | None = None,
-    colorbar_label: str = "",
-) -> Path:
-    """A [layers, heads] grid: head patching results, head scores, ablation effects."""
-    array = _to_numpy(values, "values")
-    if array.ndim != 2:
-        raise ValueError(f"values must be [layers, heads], got shape {tuple(array.shape)}.")
-    return plot_heatmap(array, path, layer_labels, head_labels, title, "head", "layer", colorbar_label)
-
-
-def plot_logit_lens_table(
-    top_probs: Any,
-    top_tokens: Sequence[Sequence[str]],
-    path: str | Path,
-    tokens: Sequence[str] | None = None,
-    layer_labels: Sequence[str] | None = None,
-    title: str = "Logit lens: top prediction after each layer",
-) -> Path:
-    """A [layers, positions] table: each cell names the top token read from that residual stream and is
-    shaded by its probability. `top_tokens[l][p]` is the string, `top_probs[l, p]` its probability."""
-    array = _to_numpy(top_probs, "top_probs")
-    if array.ndim != 2:
-        raise ValueError(f"top_probs must be [layers, positions], got shape {tuple(array.shape)}.")
-    col_labels = None
-    if tokens is not None:
-        if len(tokens) != array.shape[1]:
-            raise ValueError(f"top_probs has {array.shape[1]} positions but {len(tokens)} tokens were given.")
-        col_labels = [_tick_label(str(token), i) for i, token in enumerate(tokens)]
-    return plot_heatmap(
-        array,
-        path,
-        layer_labels,
-        col_labels,
-        title,
-        "position (input token)",
-        "residual stream",
-        "probability",
-        cell_text=top_tokens,
-        diverging=False,
-    )
-
-
-def plot_scatter(
-    x: Any,
-    y: Any,
-    path: str | Path,
-    labels: Sequence[str] | None = None,
-    n_labelled: int = 8,
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-) -> Path:
-    """One point per (x, y) pair, with the y = x diagonal, labelling the `n_labelled` points farthest from
-    the origin (e.g. comparing two estimates of each head's effect)."""
-    from matplotlib.figure import Figure
-
-    x, y = _to_numpy(x, "x").ravel(), _to_numpy(y, "y").ravel()
-    if x.shape != y.shape or x.size == 0:
-        raise ValueError(f"x and y must hold the same non-zero number of values, got {x.size} and {y.size}.")
-    labels = _check_labels(labels, x.size, "labels")
-    fig = Figure(figsize=(5.5, 5.0))
-    ax = fig.subplots()
-    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([low, high], [low, high], color="#999", linewidth=1, linestyle="--", label="y = x")
-    ax.scatter(x, y, s=14, alpha=0.7)
-    if labels is not None:
-        for i in np.argsort(-np.hypot(x, y))[:n_labelled]:
-            ax.annotate(
-                labels[i].replace("$", r"\$"), (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points"
-            )
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100)
-    return path
