@@ -27,6 +27,8 @@ class Adapter:
     weights: Callable[[HookedTransformerConfig], WeightTable]
     ignored: tuple[str, ...] = ()  # regexes of checkpoint tensors that hold no weights (old buffers)
     prefix: str = ""  # prefix of the base model's tensors, added when a checkpoint omits it
+    # A live model's state dict (hf_model=) under checkpoint names, where transformers lays them out differently.
+    live: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 ADAPTERS: dict[str, Adapter] = {}

@@ -62,7 +62,8 @@ def load_pretrained(
     folder, add_bos = None, None
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
-        checkpoint = StateDictCheckpoint(hf_model.state_dict())
+        state, live = hf_model.state_dict(), adapter_for(hf_config)[1].live
+        checkpoint = StateDictCheckpoint(live(state) if live is not None else state)
         if name_or_path is not None and Path(name_or_path).is_dir():
             folder = Path(name_or_path)
     elif name_or_path is None:

@@ -345,6 +345,15 @@ def test_logits_residuals_and_patterns_match(pair):
     assert_layers_close([cache["pattern", i] for i in range(n)], list(ref.attentions), "pattern")
 
 
+def test_a_live_model_loads_like_its_checkpoint(pair):
+    """hf_model= reads the in-memory model's state dict, whose layout can differ from the files' (Mixtral)."""
+    _, hf, ours = pair
+    live = HookedTransformer.from_pretrained(hf_model=hf)
+    tokens = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(live(tokens), ours(tokens))
+
+
 def test_unhooked_fast_path_matches_reference(pair):
     _, hf, model = pair
     tokens = torch.randint(0, V, (3, 10))

@@ -72,4 +72,13 @@ IGNORED = (
     r"embed_out\.weight",
 )
 
-register("GPTNeoXForCausalLM", Adapter(gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox."))
+
+def live_names(state: dict[str, Any]) -> dict[str, Any]:
+    """A live transformers 5 model names the unembedding lm_head; its files (and old ones) say embed_out."""
+    return {("embed_out.weight" if name == "lm_head.weight" else name): t for name, t in state.items()}
+
+
+register(
+    "GPTNeoXForCausalLM",
+    Adapter(gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox.", live=live_names),
+)

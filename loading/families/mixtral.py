@@ -2,12 +2,14 @@
 the MLP; a router picks each token's top experts (see `hooked/components/moe.py`).
 
 Checkpoints store each expert as w1 (gate), w3 (up) and w2 (down), which is also what transformers
-writes with `save_pretrained`. A live model's state dict (`hf_model=`) fuses the experts instead and
-is not read: load from the checkpoint folder.
+writes with `save_pretrained`. A live transformers 5 model (`hf_model=`) holds them fused, under
+`mlp.` rather than `block_sparse_moe.`: `experts.gate_up_proj` [experts, 2 * d_mlp, d_model] (gate rows,
+then up rows) and `experts.down_proj` [experts, d_model, d_mlp]; `unfuse_experts` splits them back.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
@@ -36,4 +38,27 @@ def mixtral_weights(cfg: HookedTransformerConfig) -> WeightTable:
     return table
 
 
-register("MixtralForCausalLM", Adapter(mixtral_config, mixtral_weights, IGNORED, prefix="model."))
+def unfuse_experts(state: dict[str, Any]) -> dict[str, Any]:
+    """A live model's state dict under checkpoint names, each expert's matrices split apart (views)."""
+    out = {}
+    for name, tensor in state.items():
+        match = re.fullmatch(
+            r"(model\.layers\.\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)", name
+        )
+        if match is None:
+            out[name] = tensor
+            continue
+        moe, part = f"{match.group(1)}.block_sparse_moe", match.group(2)
+        if part == "gate.weight":
+            out[f"{moe}.gate.weight"] = tensor
+        elif part == "experts.gate_up_proj":
+            gate, up = tensor.chunk(2, dim=1)
+            for e in range(tensor.shape[0]):
+                out[f"{moe}.experts.{e}.w1.weight"], out[f"{moe}.experts.{e}.w3.weight"] = gate[e], up[e]
+        else:
+            for e in range(tensor.shape[0]):
+                out[f"{moe}.experts.{e}.w2.weight"] = tensor[e]
+    return out
+
+
+register("MixtralForCausalLM", Adapter(mixtral_config, mixtral_weights, IGNORED, prefix="model.", live=unfuse_experts))
