@@ -183,9 +183,8 @@ def tiny_hf(tie: bool = False, **overrides) -> LlamaForCausalLM:
     return model
 
 
-def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None, tokenizer=None):
-    """`model` (a LlamaForCausalLM) as llama.cpp would store it, in float32 (or float16 where noted)."""
-    cfg = model.config
+def start_gguf(path, arch: str, cfg, rope_theta: float) -> GGUFWriter:
+    """A writer with the metadata every architecture has, from a Hugging Face config."""
     writer = GGUFWriter(path, arch)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -194,7 +193,22 @@ def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None,
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_rope_freq_base(rope_theta)
+    return writer
+
+
+def finish_gguf(writer: GGUFWriter, path):
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None, tokenizer=None):
+    """`model` (a LlamaForCausalLM) as llama.cpp would store it, in float32 (or float16 where noted)."""
+    cfg = model.config
+    writer = start_gguf(path, arch, cfg, cfg.rope_parameters["rope_theta"])
     for key, value in (tokenizer or {}).items():
         getattr(writer, f"add_{key}")(value)
     for name, tensor in model.state_dict().items():
@@ -210,11 +224,7 @@ def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None,
         writer.add_tensor(gguf_name(name), (retype or {}).get(name, lambda a: a)(np.ascontiguousarray(w)))
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -316,17 +326,9 @@ def test_a_tensor_type_gguf_cannot_dequantize_is_named(tmp_path):
 def write_gemma3_gguf(path, model, linear_factor=None):
     """A Gemma3ForCausalLM as llama.cpp stores it: Gemma names, norm weights as 1 + w, q/k rows as they are."""
     cfg = model.config
-    writer = GGUFWriter(path, "gemma3")
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer = start_gguf(path, "gemma3", cfg, cfg.rope_parameters["full_attention"]["rope_theta"])
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
     writer.add_sliding_window(cfg.sliding_window)
     if linear_factor is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -336,11 +338,7 @@ def write_gemma3_gguf(path, model, linear_factor=None):
             continue
         w = tensor.numpy() + (1.0 if name.endswith("norm.weight") else 0.0)
         writer.add_tensor(gguf_name(name, GEMMA3_NAMES), np.ascontiguousarray(w, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish_gguf(writer, path)
 
 
 @pytest.mark.parametrize("linear_factor", [None, 8.0])
