@@ -37,7 +37,7 @@ def logit_attrs(
     example, for every position.
     """
     model = cache.model
-    directions = model.tokens_to_residual_directions(tokens)
+    directions = model.tokens_to_residual_directions(tokens)  # W_U columns times ln_final.w
     if incorrect_tokens is not None:
         wrong = model.tokens_to_residual_directions(incorrect_tokens)
         if wrong.shape != directions.shape:
@@ -46,9 +46,6 @@ def logit_attrs(
                 f"and {tuple(wrong.shape[:-1])}."
             )
         directions = directions - wrong
-    w = getattr(model.ln_final, "w", None)
-    if w is not None:
-        directions = directions * w  # (normalized * w) @ W_U[:, t] == normalized @ (w * W_U[:, t])
     scaled = apply_ln_to_stack(cache, stack, None, False, pos_slice)
     if directions.ndim == 2 and cache.has_batch_dim and scaled.ndim == 4 and directions.shape[0] == scaled.shape[1]:
         directions = directions[:, None]  # [batch, d_model] -> shared by every position

@@ -170,10 +170,14 @@ class WeightsMixin:
         return [f"L{layer}H{head}" for layer in range(self.cfg.n_layers) for head in range(self.cfg.n_heads)]
 
     def tokens_to_residual_directions(self, tokens: TokensLike) -> Float[Tensor, "... d_model"]:
-        """The unembedding columns W_U[:, token] of the given tokens, shaped like the tokens plus d_model.
+        """The direction each token's logit reads from the final norm's normalized output: the unembedding
+        column W_U[:, token] times ln_final's weight, shaped like the tokens plus d_model.
 
-        A str (one token), an int or a 0-d tensor gives [d_model]; a list (of ints or single-token
-        strs) or a tensor of ids gives [*tokens.shape, d_model].
+        The weight is included so that the same vectors come back whether or not `fold_ln` moved it into
+        W_U (TransformerLens models were folded by default, so its users dotted these with
+        `apply_ln_to_stack`'s output): `cache.apply_ln_to_stack(stack) @ direction` is each component's
+        logit, up to the constant from the norm's bias and b_U. A str (one token), an int or a 0-d tensor
+        gives [d_model]; a list (of ints or single-token strs) or a tensor of ids gives [*tokens.shape, d_model].
         """
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
@@ -182,4 +186,6 @@ class WeightsMixin:
         ids = torch.as_tensor(tokens, device=self.W_U.device)
         if ids.is_floating_point():
             raise TypeError(f"Token ids must be integers, got a {ids.dtype} tensor.")
-        return self.W_U.T[ids]
+        directions = self.W_U.T[ids]
+        w = getattr(self.ln_final, "w", None)  # None: no final norm, or one without a weight
+        return directions * w if w is not None else directions

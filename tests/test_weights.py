@@ -170,7 +170,7 @@ def test_all_head_labels(model):
 
 
 def test_tokens_to_residual_directions(model):
-    W_U = model.unembed.W_U
+    W_U = model.unembed.W_U * model.ln_final.w[:, None]  # what each logit reads from the normalized residual
     assert torch.equal(model.tokens_to_residual_directions(5), W_U[:, 5])
     assert torch.equal(model.tokens_to_residual_directions(torch.tensor(7)), W_U[:, 7])
     cat = model.to_single_token(" cat")
@@ -182,3 +182,26 @@ def test_tokens_to_residual_directions(model):
     assert directions.shape == (2, 3, 32) and torch.equal(directions[1, 2], W_U[:, 6])
     with pytest.raises(ValueError, match="not one"):
         model.tokens_to_residual_directions(" cat sat")
+
+
+def test_direct_logit_attribution_the_tutorial_way_needs_no_folding(model):
+    """ARENA's recipe: apply_ln_to_stack on the decomposition, dotted with tokens_to_residual_directions,
+    sums to the logit difference, on the model as loaded and after fold_ln alike (same directions)."""
+    from hooked.processing import fold_layer_norm
+
+    tokens = torch.randint(0, 128, (1, 8))
+    a, b = 5, 9
+    for _ in range(2):
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens)
+        stack = cache.get_full_resid_decomposition(expand_neurons=False, pos_slice=-1)
+        scaled = cache.apply_ln_to_stack(stack, pos_slice=-1)
+        direction = model.tokens_to_residual_directions(a) - model.tokens_to_residual_directions(b)
+        constant = 0.0  # the final norm's bias and b_U: the same for every component
+        if getattr(model.ln_final, "b", None) is not None:
+            constant = model.ln_final.b @ (model.W_U[:, a] - model.W_U[:, b])
+        if model.unembed.b_U is not None:
+            constant = constant + model.unembed.b_U[a] - model.unembed.b_U[b]
+        total = (scaled @ direction).sum() + constant
+        assert abs(total.item() - (logits[0, -1, a] - logits[0, -1, b]).item()) < 1e-4
+        fold_layer_norm(model)
