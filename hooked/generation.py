@@ -30,6 +30,8 @@ def _prompt_tokens(model: HookedTransformer, input, prepend_bos, padding_side, a
         return tokenization.tokenize(model, input, prepend_bos, padding_side or "left", truncate=False)
     tokens = torch.as_tensor(input, device=model.device)
     tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
+    if attention_mask is None:
+        attention_mask = tokenization.left_padding_mask(model, tokens)
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(tokens.device)
     return tokens, mask.reshape(tokens.shape)
 

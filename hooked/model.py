@@ -33,7 +33,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.default_prepend_bos = True
-        self.default_padding_side: tokenization.PaddingSide = "right"
+        self.default_padding_side = "right"
 
         self.hook_tokens = HookPoint()  # [batch, pos]
         self.embed = Embed(cfg)
@@ -87,13 +87,16 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
 
         `start_at_layer` takes the residual stream entering that block as `input` (pass `tokens` for a
         loss). `stop_at_layer` is exclusive and may be negative. A padded batch needs `attention_mask`
-        (computed for you from strings); positions then count real tokens only. `past_kv_cache` (a
+        (computed for you from strings, and, when the model pads on the left, from the pad tokens a row
+        of ids starts with, as TransformerLens did); positions then count real tokens only. `past_kv_cache` (a
         `KVCache`) holds earlier tokens' keys and values: pass only the new tokens, and their mask.
         `logits_to_keep=n` runs the final norm and unembedding on the last n positions only (as
         transformers' argument of that name; generation uses 1); 0 keeps them all.
         """
         if isinstance(input, (str, list)):
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
+        elif attention_mask is None and start_at_layer is None and past_kv_cache is None:
+            attention_mask = tokenization.left_padding_mask(self, input)
         if past_kv_cache is not None and (start_at_layer or stop_at_layer is not None):
             raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
         # A run that raises part-way must not leave some layers' keys appended to the cache.
@@ -199,10 +202,24 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         for block in self.blocks:
             block.attn.use_sdpa = implementation == "sdpa"
 
-    def set_tokenizer(self, tokenizer, default_padding_side: tokenization.PaddingSide | None = None) -> None:
+    def set_tokenizer(self, tokenizer, default_padding_side: tokenization.PaddingSide = "right") -> None:
+        """Use `tokenizer`, padding on `default_padding_side` (written to the tokenizer's padding_side, as
+        TransformerLens did, so that `model.tokenizer.padding_side = "left"` later has the same effect)."""
         self.tokenizer = tokenizer
-        if default_padding_side is not None:
-            self.default_padding_side = default_padding_side
+        self.default_padding_side = default_padding_side
+
+    @property
+    def default_padding_side(self) -> tokenization.PaddingSide:
+        """Where a batch of strings is padded: the tokenizer's padding_side where there is a tokenizer."""
+        return getattr(self.tokenizer, "padding_side", None) or self._padding_side
+
+    @default_padding_side.setter
+    def default_padding_side(self, side: tokenization.PaddingSide) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding side must be 'left' or 'right', got {side!r}.")
+        self._padding_side = side
+        if self.tokenizer is not None:
+            self.tokenizer.padding_side = side
 
     @property
     def device(self) -> torch.device:

@@ -127,3 +127,19 @@ def get_token_position(
     if hits.numel() == 0:
         raise ValueError(f"Token {single_token!r} does not occur in the input.")
     return int(hits[0] if mode == "first" else hits[-1])
+
+
+def left_padding_mask(model: HookedTransformer, tokens: Tensor) -> Int[Tensor, "batch pos"] | None:
+    """The attention mask of a token tensor given without one, by TransformerLens's rule: when the model
+    pads on the left, the pad tokens a row starts with are padding, except that where the pad token is
+    also the BOS (and BOS is prepended by default) the last of them is that BOS. None when nothing is
+    padding, so an unpadded batch keeps the mask-free path."""
+    if model.tokenizer is None or model.default_padding_side != "left" or tokens.ndim != 2:
+        return None
+    pad = pad_token_id(model.tokenizer)
+    leading = (tokens != pad).long().cumsum(-1) == 0
+    if model.default_prepend_bos and pad == bos_token_id(model.tokenizer):
+        count = leading.sum(-1)
+        rows = torch.nonzero(count > 0).squeeze(-1)
+        leading[rows, count[rows] - 1] = False
+    return None if not bool(leading.any()) else (~leading).long()

@@ -6,6 +6,7 @@ float32), saved with `save_pretrained` to a temp folder and loaded back through 
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import os
@@ -105,9 +106,14 @@ def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn
     return model
 
 
-@functools.cache
 def tiny_tokenizer():
-    """A deterministic byte-level word tokenizer built in-process (no download), with BOS/EOS/PAD/UNK."""
+    """A deterministic byte-level word tokenizer built in-process (no download), with BOS/EOS/PAD/UNK: a
+    fresh copy each call, since models write their padding side to it and tests may change it."""
+    return copy.deepcopy(_tiny_tokenizer())
+
+
+@functools.cache
+def _tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -71,6 +71,15 @@ def test_left_padded_batch_rows_generate_as_alone(model):
         assert torch.equal(new_batch[i], alone[0, -8:]), f"row {i}"
 
 
+def test_left_padded_ids_without_a_mask_generate_as_alone(model):
+    """A left-padded tensor of ids (the tokenizer pads left) is masked from its leading pad tokens."""
+    model.set_tokenizer(model.tokenizer, default_padding_side="left")
+    tokens = model.to_tokens(["the cat sat on the mat", "hello"])
+    kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False, return_type="tokens")
+    batch = model.generate(tokens, **kwargs)
+    assert torch.equal(batch[1, -6:], model.generate("hello", **kwargs)[0, -6:])
+
+
 def test_model_without_tokenizer_generates_from_ids():
     bare = HookedTransformer(LLAMA_LIKE).eval()
     out = bare.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, stop_at_eos=False, do_sample=False, verbose=False)

@@ -210,6 +210,35 @@ def test_padding_never_changes_a_row(model, padding_side):
         assert_close(rows, alone[0], "logits", label=f"row {i} ({padding_side} padded)")
 
 
+def test_tokenizer_padding_side_is_the_default_and_left_padded_ids_get_their_mask(model):
+    """As in TransformerLens: setting the tokenizer's padding_side changes where batches are padded, and a
+    left-padded tensor of ids given without a mask is masked from its leading pad tokens."""
+    prompts = ["the cat sat on the mat", "hello"]
+    with torch.no_grad():
+        alone = model(prompts[1])[0, -1]
+        assert model.to_tokens(prompts)[1, -1].item() == model.tokenizer.pad_token_id  # right, by default
+        assert torch.equal(model(model.to_tokens(prompts))[0], model(prompts)[0])  # right padding: no mask needed
+        model.tokenizer.padding_side = "left"
+        assert model.default_padding_side == "left"
+        tokens = model.to_tokens(prompts)
+        assert tokens[1, 0].item() == model.tokenizer.pad_token_id
+        assert_close(model(tokens)[1, -1], alone, "logits")
+        _, cache = model.run_with_cache(tokens)
+        assert_close(
+            cache["resid_post", -1][1, -1], model.run_with_cache(prompts[1])[1]["resid_post", -1][0, -1], "resid"
+        )
+        model.set_tokenizer(model.tokenizer)  # back to TransformerLens's default, right
+    assert model.tokenizer.padding_side == "right" == model.default_padding_side
+
+
+def test_a_pad_token_that_is_also_bos_keeps_the_bos(model):
+    model.tokenizer.pad_token = model.tokenizer.bos_token
+    model.set_tokenizer(model.tokenizer, default_padding_side="left")
+    tokens = model.to_tokens(["the cat sat on the mat", "hello"])  # row 1: pads, then BOS (the same id), hello
+    with torch.no_grad():
+        assert_close(model(tokens)[1, -1], model("hello")[0, -1], "logits")
+
+
 def test_batched_loss_ignores_padding(model):
     prompts = ["the cat sat on the mat", "hello world"]
     losses = [model(p, return_type="loss") for p in prompts]
