@@ -23,6 +23,7 @@ from hooked.config import HookedTransformerConfig
 from hooked.model import HookedTransformer
 from hooked.processing import process_weights_
 from loading.adapter import ADAPTERS, Adapter
+from loading.aliases import hub_id
 from loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint, rename
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
@@ -56,12 +57,19 @@ def load_pretrained(
     **kwargs: Any,
 ) -> HookedTransformer:
     processing = {flag: kwargs.pop(flag) for flag in PROCESSING_FLAGS if flag in kwargs}
+    if "torch_dtype" in kwargs:  # transformers' older name, used in many notebooks
+        dtype = kwargs.pop("torch_dtype")
+    prepend_bos = kwargs.pop("default_prepend_bos", None)
+    padding_side = kwargs.pop("default_padding_side", "right")
     if kwargs:
         raise TypeError(f"from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}.")
+    dtype = as_dtype(dtype)
     device = torch.device(device) if device is not None else torch.device("cpu")
     folder, add_bos = None, None
     if hf_model is not None:
         hf_config = hf_model.config.to_dict()
+        if not hf_config.get("architectures"):  # a model built from a config, not loaded, has none
+            hf_config["architectures"] = [type(hf_model).__name__]
         state, live = hf_model.state_dict(), adapter_for(hf_config)[1].live
         checkpoint = StateDictCheckpoint(live(state) if live is not None else state)
         if name_or_path is not None and Path(name_or_path).is_dir():
@@ -89,11 +97,34 @@ def load_pretrained(
     if folder is not None:
         tokenizer = tokenizer or _folder_tokenizer(folder)
         add_bos = _tokenizer_setting(folder, "add_bos_token")
-    model.set_tokenizer(tokenizer)
+    model.set_tokenizer(tokenizer, default_padding_side=padding_side)
     # Prepend BOS by default (TransformerLens's convention) unless the checkpoint says its tokenizer
     # does not: a model trained without BOS reads a leading BOS as an odd first token.
-    model.default_prepend_bos = True if add_bos is None else bool(add_bos)
+    model.default_prepend_bos = prepend_bos if prepend_bos is not None else True if add_bos is None else bool(add_bos)
     return model
+
+
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from itself or a name ("bfloat16", "torch.float16", "fp32", ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.").lower()
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype!r} is not known; use a torch dtype or one of {', '.join(DTYPE_NAMES)}.")
+    return DTYPE_NAMES[name]
 
 
 def _tokenizer_setting(folder: Path, key: str) -> Any:
@@ -141,14 +172,16 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         return path
     if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise FileNotFoundError(f"{name_or_path!r} is not a checkpoint folder (a folder with config.json).")
+    repo = hub_id(name_or_path)  # TransformerLens's short names ("gpt2-small") stand for hub ids
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
     except Exception as error:  # the hub client raises many kinds; all mean "could not get it"
+        named = f"{name_or_path!r}" + (f" (hub id {repo!r})" if repo != name_or_path else "")
         raise FileNotFoundError(
-            f"{name_or_path!r} is neither a local folder nor a hub id that could be downloaded ({error}). "
-            "Pass a path to a folder with config.json and *.safetensors."
+            f"{named} is neither a local folder nor a hub id that could be downloaded or found in the local hub "
+            f"cache ({type(error).__name__}: {error}). Pass a path to a folder with config.json and *.safetensors."
         ) from error
 
 

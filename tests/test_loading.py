@@ -163,6 +163,43 @@ def test_paths_that_do_not_exist(tmp_path):
         HookedTransformer.from_pretrained(tmp_path / "empty")
 
 
+def test_hub_ids_and_transformerlens_names_load_from_the_hub_cache(tmp_path, llama_dir, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache (offline here, as in tests); TransformerLens's
+    short names stand for hub ids ("gpt2-small" is openai-community/gpt2)."""
+    import huggingface_hub.constants
+
+    folder, hf = llama_dir
+    snapshot = tmp_path / "models--openai-community--gpt2" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (tmp_path / "models--openai-community--gpt2" / "refs").mkdir()
+    (tmp_path / "models--openai-community--gpt2" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    tokens = torch.randint(0, 128, (1, 6))
+    for name in ("openai-community/gpt2", "gpt2-small", "GPT2"):
+        assert_close(logits_of(HookedTransformer.from_pretrained(name), tokens), logits_of(hf, tokens), "logits")
+    with pytest.raises(FileNotFoundError, match="'pythia-70m' \\(hub id 'EleutherAI/pythia-70m'\\)"):
+        HookedTransformer.from_pretrained("pythia-70m")
+    with pytest.raises(FileNotFoundError, match="TransformerLens's own toy models"):
+        HookedTransformer.from_pretrained("attn-only-2l")
+
+
+def test_dtype_by_name_and_transformers_keywords(llama_dir):
+    folder, hf = llama_dir
+    assert HookedTransformer.from_pretrained(folder, dtype="bfloat16").dtype == torch.bfloat16
+    assert HookedTransformer.from_pretrained(folder, torch_dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype 'bf17' is not known"):
+        HookedTransformer.from_pretrained(folder, dtype="bf17")
+    model = HookedTransformer.from_pretrained(folder, default_prepend_bos=False, default_padding_side="left")
+    assert model.default_prepend_bos is False and model.tokenizer.padding_side == "left"
+    fresh = type(hf)(hf.config)  # built from a config, so it has no `architectures`
+    fresh.config.architectures = None
+    tokens = torch.randint(0, 128, (1, 6))
+    ours = HookedTransformer.from_pretrained(hf_model=fresh.eval())
+    assert_close(logits_of(ours, tokens), logits_of(fresh, tokens), "logits")
+
+
 def test_unknown_keyword_and_unimplemented_processing_are_errors(llama_dir):
     with pytest.raises(TypeError, match="fold_layernorm"):
         HookedTransformer.from_pretrained(llama_dir[0], fold_layernorm=True)
