@@ -307,6 +307,16 @@ class HookedRootModule(nn.Module):
             self.add_hook(name, fn, dir="bwd")
         return cache
 
+    def cache_all(self, cache: dict, incl_bwd: bool = False, device=None, remove_batch_dim: bool = False) -> None:
+        """EasyTransformer's form of add_caching_hooks: every hook point fills `cache` until reset_hooks()."""
+        self.add_caching_hooks(None, incl_bwd, device, remove_batch_dim, cache)
+
+    def cache_some(
+        self, cache: dict, names: NamesFilter, incl_bwd: bool = False, device=None, remove_batch_dim: bool = False
+    ) -> None:
+        """cache_all for the hook points `names` selects (a name, a list, or a predicate)."""
+        self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
+
     def run_with_cache(
         self,
         *model_args,

@@ -311,3 +311,17 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         processing.process_weights_(
             self, fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices
         )
+
+    # ---- TransformerLens's flags --------------------------------------------------------------
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Accepted for TransformerLens code; nothing to switch: hooks on attn.hook_result always work."""
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Accepted for TransformerLens code; hook_q_input / hook_k_input / hook_v_input always work."""
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Accepted for TransformerLens code; hook_mlp_in always works."""
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Accepted for TransformerLens code; hook_attn_in always works."""

@@ -62,6 +62,11 @@ class WeightsMixin:
         return self.pos_embed.W_pos
 
     @property
+    def W_E_pos(self) -> Float[Tensor, "d_vocab_plus_n_ctx d_model"]:
+        """W_E and W_pos stacked, [d_vocab + n_ctx, d_model] (TransformerLens's; learned positions only)."""
+        return torch.cat([self.W_E, self.W_pos], dim=0)
+
+    @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         return self.unembed.W_U
 

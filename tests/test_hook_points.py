@@ -143,6 +143,19 @@ def test_run_with_cache_stores_every_hook(model):
     assert_all_hooks_gone(model)
 
 
+def test_cache_all_and_cache_some_fill_a_dict_until_reset(model):
+    """EasyTransformer's permanent-until-reset caching: cache_all(cache), then every forward fills it."""
+    everything, some = {}, {}
+    model.cache_all(everything)
+    model.cache_some(some, lambda name: name.endswith("mid"))
+    model(t(2.0, 3.0, 1.0))
+    assert set(everything) == set(NAMES) and set(some) == {n for n in NAMES if n.endswith("mid")}
+    for name in NAMES:
+        torch.testing.assert_close(everything[name], t(*(hand_values(v)[name] for v in (2.0, 3.0, 1.0))))
+    model.reset_hooks()
+    assert_all_hooks_gone(model)
+
+
 def test_run_with_cache_stores_detached_values(model):
     x = t(2.0).requires_grad_(True)
     out, cache = model.run_with_cache(x)

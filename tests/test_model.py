@@ -311,3 +311,20 @@ def test_logits_to_keep_gives_the_last_positions(model):
     assert_close(model(tokens, logits_to_keep=3), full[:, -3:], "logits")
     with pytest.raises(ValueError, match="loss"):
         model(tokens, return_type="loss", logits_to_keep=1)
+
+
+def test_transformerlens_flag_setters_switch_nothing_off(model):
+    """set_use_attn_result(False) and friends are accepted, and a hook on those points still takes effect."""
+    tokens = torch.randint(0, 128, (1, 5))
+    for setter in ("set_use_attn_result", "set_use_split_qkv_input", "set_use_hook_mlp_in", "set_use_attn_in"):
+        getattr(model, setter)(False)
+    with torch.no_grad():
+        clean = model(tokens)
+        for name in (
+            "blocks.0.attn.hook_result",
+            "blocks.0.hook_q_input",
+            "blocks.0.hook_mlp_in",
+            "blocks.0.hook_attn_in",
+        ):
+            edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x * 0.5)])
+            assert not torch.allclose(edited, clean), name

@@ -205,3 +205,11 @@ def test_direct_logit_attribution_the_tutorial_way_needs_no_folding(model):
         total = (scaled @ direction).sum() + constant
         assert abs(total.item() - (logits[0, -1, a] - logits[0, -1, b]).item()) < 1e-4
         fold_layer_norm(model)
+
+
+def test_w_e_pos_stacks_token_and_position_embeddings():
+    model = make_model(GPT2_LIKE)
+    assert torch.equal(model.W_E_pos, torch.cat([model.W_E, model.W_pos]))
+    assert model.W_E_pos.shape == (128 + 16, 32)
+    with pytest.raises(AttributeError):
+        make_model(LLAMA_LIKE).W_E_pos  # rotary: no learned positions
