@@ -27,13 +27,20 @@ if TYPE_CHECKING:
 
 def _prompt_tokens(model: HookedTransformer, input, prepend_bos, padding_side, attention_mask=None):
     if isinstance(input, (str, list)):
-        return tokenization.tokenize(model, input, prepend_bos, padding_side or "left", truncate=False)
+        tokens, mask = tokenization.tokenize(model, input, prepend_bos, padding_side or "left", truncate=False)
+        return _nonempty(tokens), mask
     tokens = torch.as_tensor(input, device=model.device)
     tokens = tokens.unsqueeze(0) if tokens.ndim == 1 else tokens
     if attention_mask is None:
         attention_mask = tokenization.left_padding_mask(model, tokens)
     mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(tokens.device)
-    return tokens, mask.reshape(tokens.shape)
+    return _nonempty(tokens), mask.reshape(tokens.shape)
+
+
+def _nonempty(tokens: Tensor) -> Tensor:
+    if tokens.shape[-1] == 0:
+        raise ValueError("The prompt has no tokens to continue: pass some text, or prepend_bos=True.")
+    return tokens
 
 
 def _eos_ids(model: HookedTransformer, eos_token_id: int | list[int] | None) -> Tensor | None:
@@ -63,6 +70,7 @@ def generate_stream(
     verbose: bool = False,
     seed: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[Int[Tensor, " batch"]]:
     """Yield the next token of every row, step by step. Rows that have produced an EOS yield the
     EOS id from then on; the stream ends when every row has, or after max_new_tokens. For token
@@ -90,6 +98,7 @@ def generate_stream(
             freq_penalty=freq_penalty,
             tokens=history,
             generator=generator,
+            repetition_penalty=repetition_penalty,
         )
         next_tokens = next_tokens.masked_fill(finished, fill)
         yield next_tokens
@@ -119,8 +128,10 @@ def generate(
     verbose: bool = True,
     seed: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
+    repetition_penalty: float = 1.0,
 ):
-    """Prompt plus continuation, as strings or tokens (`return_type="input"`: the input's own type)."""
+    """Prompt plus continuation, as strings or tokens (`return_type="input"`: the input's own type).
+    Sampling settings are `hooked.utils.sample_logits`'s."""
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(
         model,
@@ -139,6 +150,7 @@ def generate(
         verbose,
         seed,
         mask,
+        repetition_penalty=repetition_penalty,
     )
     new = list(steps)
     tokens = torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt

@@ -149,12 +149,15 @@ def sample_logits(
     freq_penalty: float = 0.0,
     tokens: Int[Tensor, "batch pos"] | None = None,
     generator: torch.Generator | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Int[Tensor, " batch"]:
     """One next token per row, sampled from the logits of the last position.
 
     Negative entries of `tokens` (padding) are not counted; `generator` makes sampling reproducible.
 
-    The logits (in float32) are divided by `temperature`, then each token loses `freq_penalty` times
+    The logits (in float32) of tokens occurring in their row of `tokens` are first divided by
+    `repetition_penalty` where positive and multiplied by it where negative (Hugging Face's rule, from
+    the CTRL paper). Then all are divided by `temperature`, and each token loses `freq_penalty` times
     the number of times it occurs in its row of `tokens`. `top_k` keeps the k largest; `top_p` keeps
     the smallest set of most likely tokens whose probability reaches p (both may be given: top_k
     first). `temperature == 0` is greedy: the argmax, after the frequency penalty.
@@ -162,6 +165,15 @@ def sample_logits(
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
     logits = final_logits.float()
+    if repetition_penalty != 1.0:
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
+        if tokens is None:
+            raise ValueError("repetition_penalty needs the tokens so far: pass tokens=...")
+        seen = tokens.to(logits.device).reshape(logits.shape[0], -1)
+        occurs = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, seen.clamp(min=0), seen >= 0)
+        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(occurs, penalized, logits)
     if temperature > 0:
         logits = logits / temperature
     if freq_penalty:

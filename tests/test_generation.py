@@ -56,6 +56,11 @@ def test_greedy_tokens_equal_transformers_generate(family, tmp_path):
             prompt, max_new_tokens=20, do_sample=False, stop_at_eos=False, use_past_kv_cache=use_cache, verbose=False
         )
         assert torch.equal(got, expected), f"use_past_kv_cache={use_cache}"
+    # A strong repetition penalty changes the continuation; transformers applies the same rule.
+    kwargs = dict(max_new_tokens=20, do_sample=False, repetition_penalty=3.0)
+    expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs)
+    assert not torch.equal(expected[:, 6:], got[:, 6:])
+    assert torch.equal(ours.generate(prompt, stop_at_eos=False, verbose=False, **kwargs), expected)
 
 
 def test_left_padded_batch_rows_generate_as_alone(model):
@@ -78,6 +83,12 @@ def test_left_padded_ids_without_a_mask_generate_as_alone(model):
     kwargs = dict(max_new_tokens=6, do_sample=False, stop_at_eos=False, verbose=False, return_type="tokens")
     batch = model.generate(tokens, **kwargs)
     assert torch.equal(batch[1, -6:], model.generate("hello", **kwargs)[0, -6:])
+
+
+def test_an_empty_prompt_without_bos_is_refused_by_name(model):
+    with pytest.raises(ValueError, match="no tokens to continue"):
+        model.generate("", prepend_bos=False, verbose=False)
+    assert model.generate("", max_new_tokens=2, stop_at_eos=False, verbose=False, return_type="tokens").shape == (1, 3)
 
 
 def test_model_without_tokenizer_generates_from_ids():
