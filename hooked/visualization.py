@@ -33,6 +33,7 @@ from hooked.heatmaps import (
 __all__ = [
     "AttentionView",
     "attention_html",
+    "attention_patterns",
     "plot_heatmap",
     "plot_layer_head_grid",
     "plot_layer_pos_grid",
@@ -236,3 +237,11 @@ def attention_html(
     if path is not None:
         Path(path).write_text(document, encoding="utf-8")
     return document
+
+
+def attention_patterns(
+    tokens: Sequence[str], attention: Any, attention_head_names: Sequence[str] | None = None
+) -> AttentionView:
+    """CircuitsVis's `cv.attention.attention_patterns(tokens=..., attention=...)`, with its argument names, for
+    notebooks that called it: an `AttentionView`, which Jupyter shows inline."""
+    return AttentionView(tokens, attention, attention_head_names)

@@ -91,6 +91,13 @@ def test_attention_view_renders_inline_and_takes_head_names():
     assert re.search(r'id="(hv[^"]+)"', fragment).group(1) != re.search(r'id="(hv[^"]+)"', view.fragment()).group(1)
 
 
+def test_circuitsvis_call_gives_the_same_view():
+    pattern = random_pattern(2)
+    view = viz.attention_patterns(tokens=TOKENS, attention=pattern, attention_head_names=["a", "b"])
+    assert isinstance(view, viz.AttentionView) and view.head_names == ["a", "b"]
+    assert view._data() == viz.AttentionView(TOKENS, pattern, ["a", "b"])._data()
+
+
 def test_attention_html_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\[n_heads, query_pos, key_pos\]"):
         viz.attention_html(TOKENS, torch.rand(6, 6))
