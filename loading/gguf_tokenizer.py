@@ -2,11 +2,12 @@
 
 Two of llama.cpp's tokenizer models are supported:
 - "gpt2": byte-level BPE with the file's merges, split first by the regex `tokenizer.ggml.pre` names;
-- "llama": SentencePiece BPE, for Gemma files. The file lists tokens but no merges, so they are
-  derived: every way a token splits into two tokens is a merge, ranked by the merged token's position
-  in the vocabulary (Gemma's scores do not follow its merge order; its token order does), the longer
-  left piece first among one token's splits. Spaces become "\u2581" before encoding; unknown bytes fall
-  back to the <0xNN> tokens. Gemma stores its runs of spaces as real spaces, respelled here as "\u2581"s.
+- "llama": SentencePiece BPE. The file lists tokens but no merges, so they are derived: every way a
+  token splits into two tokens is a merge, ranked by the merged token's score (Llama 2, Mistral) or, for
+  Gemma, whose scores do not follow its merge order, by its position in the vocabulary; the longer left
+  piece first among one token's splits. Spaces become "\u2581" (Llama also puts one before the text,
+  unless `add_space_prefix` is false); unknown bytes fall back to the <0xNN> tokens. Gemma stores its runs
+  of spaces as real spaces, respelled here as "\u2581"s.
 These are the layouts transformers' GGUF loading builds for the same files; tests/test_gguf_reader.py
 and tests/test_gemma3_gguf.py compare the two on the same texts.
 """
@@ -27,7 +28,7 @@ LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SENTENCEPIECE_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 SPACE = "\u2581"
 CONTROL, USER_DEFINED = 3, 4  # GGUF token types: control tokens are special, user-defined ones matched verbatim
 
@@ -37,7 +38,7 @@ def tokenizer_from_gguf(source):
 
     Takes a path or a `GGUFCheckpoint` (reusing its parsed header).
     """
-    from tokenizers import AddedToken, processors
+    from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     file = (source if isinstance(source, GGUFCheckpoint) else read_gguf(source)).file
@@ -45,14 +46,21 @@ def tokenizer_from_gguf(source):
     tokens = _meta(file, "tokenizer.ggml.tokens", required=True)
     if kind == "gpt2":
         tok, vocab = _byte_level_bpe(file, tokens), tokens
-    elif kind == "llama" and arch in SENTENCEPIECE_ARCHITECTURES:
+    elif kind == "llama" and arch in GEMMA_ARCHITECTURES:
         vocab = [SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
-        tok = _sentencepiece_bpe(vocab)
+        tok = _sentencepiece_bpe(vocab, [-rank for rank in range(len(vocab))])  # earlier tokens merge first
+        tok.normalizer = normalizers.Replace(" ", SPACE)
+        tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    elif kind == "llama":  # Llama 2, Mistral, TinyLlama...: "▁" before the text, merges by score
+        vocab, prefix = tokens, bool(_meta(file, "tokenizer.ggml.add_space_prefix", True))
+        tok = _sentencepiece_bpe(vocab, _meta(file, "tokenizer.ggml.scores", required=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(SPACE, prepend_scheme="first" if prefix else "never", split=False)
+        steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        tok.decoder = decoders.Sequence(steps + [decoders.Strip(" ", 1, 0)] * prefix)
     else:
         raise ValueError(
-            f"GGUF tokenizer model {kind!r} for architecture {arch!r} is not supported (supported: 'gpt2' "
-            f"byte-level BPE, and 'llama' SentencePiece for {', '.join(SENTENCEPIECE_ARCHITECTURES)}). "
-            "Pass tokenizer= to from_pretrained, e.g. AutoTokenizer.from_pretrained(<the original repo>)."
+            f"GGUF tokenizer model {kind!r} is not supported (supported: 'gpt2' byte-level BPE, 'llama' "
+            "SentencePiece BPE). Pass tokenizer= to from_pretrained, e.g. AutoTokenizer.from_pretrained(<repo>)."
         )
     types = _meta(file, "tokenizer.ggml.token_type") or [1] * len(tokens)
     known = set(vocab)
@@ -106,26 +114,24 @@ def _byte_level_bpe(file: GGUFFile, tokens: list[str]):
     return tok
 
 
-def _sentencepiece_bpe(vocab: list[str]):
-    """SentencePiece BPE (Gemma's): merges derived from the vocabulary, see the module docstring."""
-    from tokenizers import Tokenizer, decoders, models, normalizers
+def _sentencepiece_bpe(vocab: list[str], priority: list[float]):
+    """SentencePiece BPE with byte fallback; merges derived from the vocabulary (see the module docstring),
+    ranked by the merged token's `priority`, highest first."""
+    from tokenizers import Tokenizer, models
 
     index = {t: i for i, t in enumerate(vocab)}
-    merges = []  # (rank of the merged token, -length of the left piece, left, right)
-    for rank, token in enumerate(vocab):
+    merges = []  # (-priority of the merged token, -length of the left piece, -length of the right one, left, right)
+    for token, score in zip(vocab, priority, strict=True):
         for cut in range(1, len(token)):
             left, right = token[:cut], token[cut:]
             if left in index and right in index:
-                merges.append((rank, -cut, left, right))
-    merges.sort()
+                merges.append((-score, -cut, cut - len(token), left, right))
+    merges.sort(key=lambda merge: merge[:3])  # stable: ties keep the vocabulary's order
     model = models.BPE(
         vocab=index,
-        merges=[(left, right) for _, _, left, right in merges],
+        merges=[(left, right) for *_, left, right in merges],
         unk_token="<unk>" if "<unk>" in index else None,
         fuse_unk=True,
         byte_fallback=True,
     )
-    tok = Tokenizer(model)
-    tok.normalizer = normalizers.Replace(" ", SPACE)
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
-    return tok
+    return Tokenizer(model)

@@ -289,6 +289,35 @@ def test_tokenizer_adds_bos_when_the_file_says_so(tmp_path):
     assert tok.decode([0, 4, 6], skip_special_tokens=True) == "ab ab"
 
 
+def test_sentencepiece_tokenizer_of_a_llama_file_matches_transformers(tmp_path):
+    """Llama 2 / Mistral files carry a SentencePiece vocabulary with scores and no merges; transformers' GGUF
+    loading of the same file is the reference. One score is out of vocabulary order ("bc" outranks "ab")."""
+    from transformers import AutoTokenizer
+
+    pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "bc", "\u2581ab", "\u2581b", "ca", "\u2581c"]
+    scores = [-float(i) for i in range(len(pieces))]
+    scores[pieces.index("bc")] = 0.5
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{byte:02X}>" for byte in range(256)] + pieces
+    tokenizer = dict(
+        tokenizer_model="llama",
+        token_list=tokens,
+        token_scores=[0.0] * 259 + scores,
+        token_types=[2, 3, 3] + [6] * 256 + [1] * len(pieces),
+        unk_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        add_bos_token=True,
+    )
+    path = write_gguf(tmp_path / "sp.gguf", tiny_hf(vocab_size=len(tokens)), tokenizer=tokenizer)
+    ours, reference = tokenizer_from_gguf(path), AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    for text in ["abc ab a", "  ab  c", "ca bc abc", "bca", "xabc", "x é\n", "a</s>b"]:
+        ids = ours(text)["input_ids"]
+        assert ids == reference(text)["input_ids"], text
+        assert ours.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True), text
+    assert ours("ab")["input_ids"] == [1, tokens.index("\u2581ab")]
+    assert ours("xabc")["input_ids"][-2:] == [tokens.index("a"), tokens.index("bc")]  # by score, not position
+
+
 def test_other_architectures_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"architecture 'gpt2' is not supported \(supported: llama, gemma3\)"):
         read_gguf(write_gguf(tmp_path / "gpt2.gguf", tiny_hf(), arch="gpt2"))
