@@ -64,7 +64,13 @@ def _resid_layer(cache: ActivationCache, layer: int | None, mlp_input: bool = Fa
         raise ValueError(f"layer must be in -{n_layers + 1}..{n_layers} (or None for the final stream), got {layer}.")
     if mlp_input and resolved == n_layers:
         raise ValueError(f"mlp_input=True needs a block whose MLP reads the stream: layer must be < {n_layers}.")
+    if mlp_input and cache.model.cfg.attn_only:
+        raise ValueError("mlp_input=True needs an MLP, and this model is attention-only: leave mlp_input False.")
     return resolved
+
+
+def _has_mlps(cache: ActivationCache) -> bool:
+    return not cache.model.cfg.attn_only
 
 
 def _reads_own_attention(cache: ActivationCache, mlp_input: bool) -> bool:
@@ -136,7 +142,8 @@ def _assemble(
 def _embed_parts(cache: ActivationCache, pos_slice: Any) -> list[Part]:
     # Decided by the model, not by what the cache holds: a filtered-out embedding is a KeyError
     # (naming names_filter), never a decomposition that silently fails to sum.
-    names = ["embed"] + (["pos_embed"] if hasattr(cache.model, "pos_embed") else [])
+    # Shortformer positions go to the attention inputs, not the residual: no "pos_embed" part then.
+    names = ["embed"] + (["pos_embed"] if cache.model.cfg.positional_embedding_type == "standard" else [])
     return [([name], _sliced(cache[f"hook_{name}"], pos_slice)[None]) for name in names]
 
 
@@ -162,10 +169,11 @@ def accumulated_resid(
     cached for the last one, which misstates all earlier layers; for the final stream the two agree.
     """
     layer = _resid_layer(cache, layer, mlp_input)
-    if incl_mid and cache.model.cfg.parallel_attn_mlp:
+    if incl_mid and (cache.model.cfg.parallel_attn_mlp or cache.model.cfg.attn_only):
+        why = "attention-only" if cache.model.cfg.attn_only else "parallel (attention and MLP both read resid_pre)"
         raise ValueError(
-            "incl_mid=True lists each block's resid_mid, which this model's parallel blocks do not have "
-            "(attention and MLP both read resid_pre): leave incl_mid False."
+            f"incl_mid=True lists each block's resid_mid, which this model's blocks do not have ({why}): "
+            "leave incl_mid False."
         )
     parts: list[Part] = []
     for l in range(layer):
@@ -207,7 +215,7 @@ def decompose_resid(
     for l in range(layer + 1 if _reads_own_attention(cache, mlp_input) else layer):
         if mode != "mlp":
             parts.append(([f"{l}_attn_out"], _sliced(cache[f"blocks.{l}.hook_attn_out"], pos_slice)[None]))
-        if mode != "attn" and l < layer:
+        if mode != "attn" and l < layer and _has_mlps(cache):
             parts.append(([f"{l}_mlp_out"], _sliced(cache[f"blocks.{l}.hook_mlp_out"], pos_slice)[None]))
     return _assemble(cache, parts, layer, mlp_input, apply_ln, pos_slice, return_labels)
 
@@ -276,6 +284,11 @@ def stack_activation(
 
 
 def _refuse_experts(cache: ActivationCache) -> None:
+    """Neuron results need one dense MLP per block: refused, naming what works, for MoE and attention-only."""
+    if not _has_mlps(cache):
+        raise ValueError(
+            "This model is attention-only: it has no neurons. Use expand_neurons=False, or stack_head_results."
+        )
     n_experts = cache.model.cfg.num_experts
     if n_experts:
         raise ValueError(
@@ -345,21 +358,21 @@ def get_full_resid_decomposition(
     holds; through post-norms, what they write, and the post-norms' biases). Sums to the residual
     exactly. A mixture of experts has no per-block neurons: it needs `expand_neurons=False`."""
     layer = _resid_layer(cache, layer, mlp_input)
-    if expand_neurons:
+    if expand_neurons and cache.model.cfg.num_experts:
         _refuse_experts(cache)
     n_heads, d_mlp = cache.model.cfg.n_heads, cache.model.cfg.d_mlp
     attn_layers = range(layer + 1 if _reads_own_attention(cache, mlp_input) else layer)
     parts: list[Part] = [
         ([f"L{l}H{h}" for h in range(n_heads)], _head_writes(cache, l, pos_slice).movedim(-2, 0)) for l in attn_layers
     ]
-    for l in range(layer):
+    for l in range(layer if _has_mlps(cache) else 0):
         if expand_neurons:
             neurons = get_neuron_results(cache, l, pos_slice=pos_slice).movedim(-2, 0)
             parts.append(([f"L{l}N{n}" for n in range(d_mlp)], neurons))
         else:
             parts.append(([f"{l}_mlp_out"], _sliced(cache[f"blocks.{l}.hook_mlp_out"], pos_slice)[None]))
     parts += _embed_parts(cache, pos_slice)
-    mlp_layers = range(layer if expand_neurons else 0)
+    mlp_layers = range(layer if expand_neurons and _has_mlps(cache) else 0)
     parts.append((["bias"], bias_writes(cache, attn_layers, mlp_layers, parts[-1][1][0], pos_slice)[None]))
     return _assemble(cache, parts, layer, mlp_input, apply_ln, pos_slice, return_labels)
 

@@ -4,18 +4,29 @@ Axis names used in shape annotations throughout the package, defined once here:
 batch, pos, d_model, n_heads, n_kv_heads, d_head, d_mlp, d_vocab, query_pos, key_pos.
 
 Field names follow TransformerLens's `HookedTransformerConfig` where it had one, so notebooks that
-read `model.cfg.n_layers` or `model.cfg.normalization_type` keep working. Device, dtype, tokenizer
-and analysis switches are not architecture facts and live elsewhere.
+read `model.cfg.n_layers` or `model.cfg.normalization_type` keep working. A config written for
+TransformerLens (for example ARENA's attention-only toy model) is accepted as it is: its fields that
+are not architecture facts (device, dtype, tokenizer name, seed, hook switches) are kept in a
+separate section, excluded from equality. A value this library does not implement raises, naming the
+field and the values it supports; none is ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu"]
 AttnType = Literal["global", "local"]
+# Derived int fields, where TransformerLens wrote None (or -1) for "derive it"; here 0 means that.
+_DERIVED_INTS = ("d_head", "n_key_value_heads", "d_mlp", "rotary_dim", "num_experts", "experts_per_token")
 
 
 @dataclass(frozen=True)
@@ -38,14 +49,17 @@ class HookedTransformerConfig:
     n_ctx: int  # longest sequence the model accepts
     d_head: int = 0  # width of one head; 0 means d_model // n_heads
     n_key_value_heads: int = 0  # key/value heads (GQA/MQA); 0 means n_heads
-    d_mlp: int = 0  # hidden width of the MLP (of each expert, with experts); 0 means 4 * d_model
+    d_mlp: int = 0  # hidden width of the MLP (of each expert, with experts); 0 means 4 * d_model (none if attn_only)
     act_fn: ActFn = "gelu_new"
     gated_mlp: bool = False  # MLP is W_out(act(x W_gate) * (x W_in)) (SwiGLU-style)
-    # "LN": LayerNorm with weight and bias; "LNPre": LayerNorm with neither (OLMo); "RMS": RMSNorm with a weight.
-    normalization_type: Literal["LN", "LNPre", "RMS"] = "LN"
+    # "LN": LayerNorm with weight and bias; "LNPre": LayerNorm with neither (OLMo); "RMS": RMSNorm with a weight;
+    # "RMSPre": RMSNorm without one; None: no norms at all (every norm is the identity, with no hook points).
+    normalization_type: Literal["LN", "LNPre", "RMS", "RMSPre"] | None = "LN"
     eps: float = 1e-5  # added to the variance inside every norm
-    # "standard": learned absolute positions; "rotary": RoPE on q and k; "alibi": per-head linear score biases (BLOOM).
-    positional_embedding_type: Literal["standard", "rotary", "alibi"] = "standard"
+    # "standard": learned absolute positions added to the residual stream; "rotary": RoPE on q and k; "alibi":
+    # per-head linear score biases (BLOOM); "shortformer": learned absolute positions (W_pos, hook_pos_embed) added
+    # to every attention layer's query and key inputs (after ln1), not to its value input nor to the residual.
+    positional_embedding_type: Literal["standard", "rotary", "alibi", "shortformer"] = "standard"
     rotary_dim: int = 0  # dims of each head that rotate (partial rotary); 0 means d_head
     rotary_base: float = 10000.0
     rope_scaling: RopeScaling | None = None
@@ -80,16 +94,44 @@ class HookedTransformerConfig:
     initializer_range: float = 0.02  # std of random init (random models only)
     original_architecture: str | None = None  # Hugging Face class this config came from, if any
     model_name: str = field(default="custom", compare=False)
+    attn_only: bool = False  # blocks have no MLP: no ln2, mlp, hook_resid_mid, hook_mlp_in or hook_mlp_out
+    # Causal (decoder) attention; TransformerLens's "bidirectional" (BERT) is not implemented and raises.
+    attention_dir: Literal["causal", "bidirectional"] = "causal"
+    final_rms: bool = False  # the final norm of an "LN" / "LNPre" model is an RMSNorm / RMSNormPre instead
+    d_vocab_out: int = 0  # columns of W_U (logits per position); 0 means d_vocab
+
+    # ---- TransformerLens's fields that are not architecture facts (excluded from ==) ----------------
+    # They say how HookedTransformer(cfg) builds a random model; a model loaded by from_pretrained ignores them.
+    seed: int | None = field(default=None, compare=False)  # seeds the random init (the global RNG is untouched)
+    init_weights: bool = field(default=True, compare=False)  # False: leave weights uninitialized (load them next)
+    tokenizer_name: str | None = field(default=None, compare=False)  # HookedTransformer(cfg) loads this tokenizer
+    default_prepend_bos: bool = field(default=True, compare=False)  # the model's default for prepend_bos
+    device: str | torch.device | None = field(default=None, compare=False)  # a random model is moved there
+    dtype: torch.dtype | None = field(default=None, compare=False)  # a random model is cast to it; None: float32
+    # Switches of hook points that TransformerLens computed only on request: accepted, no effect (every hook
+    # point here always works; see API.md).
+    use_attn_result: bool = field(default=False, compare=False)
+    use_split_qkv_input: bool = field(default=False, compare=False)
+    use_hook_mlp_in: bool = field(default=False, compare=False)
+    use_attn_in: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name in _DERIVED_INTS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, 0)
+        if self.d_vocab_out in (None, -1):
+            object.__setattr__(self, "d_vocab_out", 0)
         derived = {
             "d_head": self.d_model // self.n_heads if self.n_heads else 0,
             "n_key_value_heads": self.n_heads,
-            "d_mlp": 4 * self.d_model,
+            "d_mlp": 0 if self.attn_only else 4 * self.d_model,
+            "d_vocab_out": self.d_vocab,
         }
         for name, value in derived.items():
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, value)
+        if isinstance(self.dtype, str):  # "float32", "torch.bfloat16" (as a saved config holds it)
+            object.__setattr__(self, "dtype", getattr(torch, self.dtype.removeprefix("torch."), self.dtype))
         if self.rotary_dim == 0 and self.positional_embedding_type == "rotary":
             object.__setattr__(self, "rotary_dim", self.d_head)
         if self.attn_scale == 0.0:
@@ -99,9 +141,31 @@ class HookedTransformerConfig:
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("d_model", "n_layers", "n_heads", "d_vocab", "n_ctx", "d_head", "n_key_value_heads", "d_mlp"):
+        for name, choices in _literal_fields().items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"HookedTransformerConfig field {name} must be one of {', '.join(map(repr, choices))}; "
+                    f"got {getattr(self, name)!r}."
+                )
+        if self.attention_dir != "causal":
+            raise NotImplementedError(
+                f"attention_dir={self.attention_dir!r} is not implemented; the only supported value is 'causal'."
+            )
+        sizes = ("d_model", "n_layers", "n_heads", "d_vocab", "n_ctx", "d_head", "n_key_value_heads", "d_vocab_out")
+        for name in sizes + (() if self.attn_only else ("d_mlp",)):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Config field {name} must be positive, got {getattr(self, name)}.")
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype):
+            raise ValueError(f"Config field dtype must be a torch.dtype (or its name), got {self.dtype!r}.")
+        if self.tie_word_embeddings and self.d_vocab_out != self.d_vocab:
+            raise ValueError(
+                f"tie_word_embeddings needs d_vocab_out == d_vocab, got {self.d_vocab_out} and {self.d_vocab}."
+            )
+        if self.attn_only and (self.parallel_attn_mlp or self.block_norms != "pre"):
+            raise ValueError(
+                "attn_only blocks are pre-norm with no MLP: it needs parallel_attn_mlp=False and "
+                f"block_norms='pre', got {self.parallel_attn_mlp} and {self.block_norms!r}."
+            )
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads ({self.n_key_value_heads})."
@@ -132,8 +196,11 @@ class HookedTransformerConfig:
             )
         if self.num_experts and not self.gated_mlp:
             raise ValueError("Experts are gated MLPs: num_experts > 0 needs gated_mlp=True.")
-        if self.qk_norm is not None and self.normalization_type == "LNPre":
-            raise ValueError("qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS'.")
+        if self.qk_norm is not None and self.normalization_type not in ("LN", "RMS"):
+            raise ValueError(
+                "qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS', "
+                f"got {self.normalization_type!r}."
+            )
         if self.parallel_attn_mlp and self.block_norms != "pre":
             raise ValueError(f"parallel_attn_mlp needs block_norms='pre', got {self.block_norms!r}.")
 
@@ -149,9 +216,69 @@ class HookedTransformerConfig:
         return self.n_heads // self.n_key_value_heads
 
     @property
-    def d_vocab_out(self) -> int:
-        return self.d_vocab
+    def final_normalization_type(self) -> str | None:
+        """The final norm's type: normalization_type, or with final_rms its RMS form (TransformerLens's rule)."""
+        if self.final_rms and self.normalization_type in ("LN", "LNPre"):
+            return "RMS" if self.normalization_type == "LN" else "RMSPre"
+        return self.normalization_type
+
+    @property
+    def n_params(self) -> int:
+        """TransformerLens's count of "hidden weight" parameters: W_Q, W_K, W_V, W_O and the MLP weights.
+
+        Its formula exactly (embeddings, biases and norms left out, as in the scaling-laws papers): per
+        layer 4 * d_model * d_head * n_heads (with n_heads, not n_key_value_heads, for K and V), plus,
+        unless attn_only, d_model * d_mlp * (2, or 3 when gated); with experts, each expert's MLP plus
+        d_model for its router weights.
+        """
+        n_params = self.n_layers * self.d_model * self.d_head * self.n_heads * 4
+        if not self.attn_only:
+            mlp = self.d_model * self.d_mlp * (3 if self.gated_mlp else 2)
+            if self.num_experts:
+                mlp = (mlp + self.d_model) * self.num_experts
+            n_params += self.n_layers * mlp
+        return n_params
 
     def replace(self, **changes) -> HookedTransformerConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> HookedTransformerConfig:
+        """A config from a dict of its fields (as TransformerLens's `from_dict`, or `to_dict`'s output).
+
+        `n_params` may be present (TransformerLens's dicts have it): it is derived, so it is checked, not
+        stored. Any other key that is not a field raises, naming it.
+        """
+        values = dict(config)
+        n_params = values.pop("n_params", None)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"HookedTransformerConfig has no field {', '.join(map(repr, unknown))}; see hooked/config.py "
+                "for the fields it has."
+            )
+        if isinstance(values.get("rope_scaling"), Mapping):
+            values["rope_scaling"] = RopeScaling(**values["rope_scaling"])
+        cfg = cls(**values)
+        if n_params is not None and n_params != cfg.n_params:
+            raise ValueError(f"n_params={n_params} does not match the {cfg.n_params} this config describes.")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, and n_params (as TransformerLens's `to_dict`); `from_dict` reads it back."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.rope_scaling is not None:
+            values["rope_scaling"] = dataclasses.asdict(self.rope_scaling)
+        return {**values, "n_params": self.n_params}
+
+
+@functools.cache
+def _literal_fields() -> dict[str, tuple]:
+    """The allowed values of every field typed as a Literal (or a Literal or None)."""
+    choices = {}
+    for name, hint in typing.get_type_hints(HookedTransformerConfig).items():
+        options = [hint] if typing.get_origin(hint) is Literal else list(typing.get_args(hint))
+        if options and all(typing.get_origin(o) is Literal or o is type(None) for o in options):
+            choices[name] = tuple(v for o in options for v in (typing.get_args(o) if o is not type(None) else (None,)))
+    return choices

@@ -13,6 +13,8 @@ Conventions:
   k = min(l, m, r), S descending.
 - Products stay factored and keep the smallest available inner dim: fm @ X has inner dim
   min(m, r), X @ fm has min(l, m). A 1-D operand gives a plain tensor.
+- Indexing (TransformerLens's rule) selects leading dims, then rows of A, then columns of B, and
+  always gives a FactoredMatrix: `fm[indices]` keeps some rows, `fm[:, :100]` some columns.
 """
 
 from __future__ import annotations
@@ -139,10 +141,52 @@ class FactoredMatrix:
         return self.S.pow(2).sum(-1).sqrt()
 
     def __getitem__(self, idx: Any) -> FactoredMatrix:
-        """Index the leading (batch) dims only; the two matrix dims are always kept whole."""
+        """Index as TransformerLens does: the leading dims first (applied to A and B alike), then the rows
+        (applied to A), then the columns (applied to B); `fm[idx].AB == fm.AB[idx]` up to the two rules below.
+
+        - The result is always a FactoredMatrix: an int row or column index keeps its dim (length 1).
+        - Rows and columns are selected independently: `fm[rows, cols].AB == fm.AB[rows][:, cols]` when both
+          are index tensors (an outer selection, where a tensor would pair them up element by element).
+
+        `...` stands for as many full slices as needed (as for a tensor); None adds a leading dim. A row
+        or column index is an int, a slice, or a 1-D tensor or list of ints or booleans.
+        """
         idx = idx if isinstance(idx, tuple) else (idx,)
-        full = (*idx, slice(None), slice(None))
-        return FactoredMatrix(self.A[full], self.B[full])
+        n_given = sum(entry is not None and entry is not Ellipsis for entry in idx)
+        if n_given > self.ndim or sum(entry is Ellipsis for entry in idx) > 1:
+            raise IndexError(f"Too many indices ({idx!r}) for a FactoredMatrix of shape {tuple(self.shape)}")
+        at = next((i for i, entry in enumerate(idx) if entry is Ellipsis), None)
+        if at is not None:
+            idx = idx[:at] + (slice(None),) * (self.ndim - n_given) + idx[at + 1 :]
+        # The leading entries (with any None among them) index the batch dims; what follows, the matrix dims.
+        n_batch, seen, split = self.ndim - 2, 0, len(idx)
+        for position, entry in enumerate(idx):
+            if entry is not None:
+                if seen == n_batch:
+                    split = position
+                    break
+                seen += 1
+        batch, (rows, cols) = idx[:split], (*idx[split:], slice(None), slice(None))[:2]
+        if rows is None or cols is None or len(idx) - split > 2:
+            raise IndexError(f"None (a new dim) can only index the leading dims of a FactoredMatrix, got {idx!r}")
+        A, B = self.A[batch], self.B[batch]
+        rows, cols = self._matrix_index(rows, self.ldim), self._matrix_index(cols, self.rdim)
+        return FactoredMatrix(A[..., rows, :], B[..., :, cols])
+
+    @staticmethod
+    def _matrix_index(entry: Any, size: int) -> slice | Tensor:
+        """A row or column index that keeps its dim: an int becomes a length-1 slice."""
+        if isinstance(entry, slice):
+            return entry
+        if isinstance(entry, numbers.Integral) or (isinstance(entry, Tensor) and entry.ndim == 0):
+            i = int(entry)
+            if not -size <= i < size:
+                raise IndexError(f"Index {i} is out of range for a matrix dim of size {size}")
+            return slice(i % size, i % size + 1)
+        entry = torch.as_tensor(entry)
+        if entry.ndim != 1:
+            raise IndexError(f"A FactoredMatrix row or column index must be 1-D, got shape {tuple(entry.shape)}")
+        return entry
 
     def get_corner(self, k: int = 3) -> Float[Tensor, "..."]:
         """Top-left k x k x ... corner of the product (every dim, batch dims included, cut to k),

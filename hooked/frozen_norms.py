@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked.components.norms import LayerNormPre, RMSNorm
+from hooked.components.norms import LayerNormPre, RMSNormPre
 from hooked.utils import Slice
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def centers(norm: nn.Module) -> bool:
     parameters, does; RMSNorm not)."""
     if isinstance(norm, LayerNormPre):
         return True
-    if isinstance(norm, RMSNorm):
+    if isinstance(norm, RMSNormPre):  # RMSNorm too
         return False
     raise TypeError(f"Cannot apply a {type(norm).__name__} to a residual stack: only LayerNorm and RMSNorm are known.")
 

@@ -7,6 +7,7 @@ helpers live in `tokenization.py`, loading in the `loading` package; the methods
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -14,31 +15,55 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked import processing, tokenization
-from hooked.components.block import make_block
+from hooked.components.block import Position, make_block
 from hooked.components.embeddings import Embed, PosEmbed, Rotary, Unembed
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.kv_cache import KVCache
+from hooked.tl_state_dict import accept_transformerlens_keys
 from hooked.utils import lm_cross_entropy_loss
 from hooked.weights import WeightsMixin
 
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
+def _named_tokenizer(name: str):
+    """The Hugging Face tokenizer a config's `tokenizer_name` names (TransformerLens loaded it the same way)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"Could not load the tokenizer cfg.tokenizer_name={name!r}: {error}\nPass tokenizer= to "
+            "HookedTransformer, or set tokenizer_name=None to build the model without a tokenizer."
+        ) from error
+
+
 class HookedTransformer(WeightsMixin, HookedRootModule):
-    def __init__(self, cfg: HookedTransformerConfig, tokenizer=None) -> None:
-        """A randomly initialized model (use `from_pretrained` for trained weights)."""
+    def __init__(self, cfg: HookedTransformerConfig | Mapping, tokenizer=None) -> None:
+        """A randomly initialized model (use `from_pretrained` for trained weights).
+
+        `cfg` may also be a dict of config fields, as TransformerLens allowed. Its TransformerLens fields
+        take effect here: `tokenizer_name` loads that tokenizer when none is passed, `seed` makes the init
+        reproducible, `init_weights=False` skips it (for `load_state_dict`, which also takes
+        TransformerLens's state dicts: see `tl_state_dict.py`), `device` and `dtype` place the model.
+        """
         super().__init__()
+        if isinstance(cfg, Mapping):
+            cfg = HookedTransformerConfig.from_dict(cfg)
         self.cfg = cfg
+        if tokenizer is None and cfg.tokenizer_name is not None:
+            tokenizer = _named_tokenizer(cfg.tokenizer_name)
         self.tokenizer = tokenizer
-        self.default_prepend_bos = True
+        self.default_prepend_bos = cfg.default_prepend_bos
         self.default_padding_side = "right"
 
         self.hook_tokens = HookPoint()  # [batch, pos]
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
-        if cfg.positional_embedding_type == "standard":
+        if cfg.positional_embedding_type in ("standard", "shortformer"):
             self.pos_embed = PosEmbed(cfg)
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         elif cfg.positional_embedding_type == "rotary":
@@ -46,14 +71,33 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             if cfg.rotary_base_local:
                 self.rotary_local = Rotary(cfg, local=True)
         self.blocks = nn.ModuleList([make_block(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+        self.ln_final = make_norm(cfg.final_normalization_type, cfg.d_model, cfg.eps)
         self.unembed = Unembed(cfg)
-        if self.embed.W_E.device.type != "meta":
-            self.init_weights()
+        self.register_load_state_dict_pre_hook(accept_transformerlens_keys)
+        if self.embed.W_E.device.type != "meta":  # a loader builds on meta, then sets every weight itself
+            if cfg.device is not None or cfg.dtype is not None:
+                self.to(device=cfg.device, dtype=cfg.dtype)
+            if cfg.init_weights:
+                self.init_weights()
+            elif cfg.tie_word_embeddings:
+                self.unembed.W_U = nn.Parameter(self.embed.W_E.data.T)
+            self.cfg = cfg.replace(device=str(self.device), dtype=self.dtype)
         self.setup()
 
+    def _apply(self, fn, recurse=True):
+        # Every .to() / .half() / .cuda() ends here: cfg.device and cfg.dtype (TransformerLens code reads
+        # them, e.g. torch.tensor(..., device=model.cfg.device)) follow the weights.
+        result = super()._apply(fn, recurse)
+        if self.embed.W_E.device.type != "meta":
+            self.cfg = self.cfg.replace(device=str(self.device), dtype=self.dtype)
+        return result
+
     def init_weights(self) -> None:
-        """Normal(0, initializer_range) matrices, unit norm weights, zero biases."""
+        """Normal(0, initializer_range) matrices, unit norm weights, zero biases; with `cfg.seed`, the
+        matrices come from a generator seeded with it (the same seed gives the same weights)."""
+        generator = None
+        if self.cfg.seed is not None:
+            generator = torch.Generator(self.embed.W_E.device).manual_seed(self.cfg.seed)
         with torch.no_grad():
             for name, param in self.named_parameters():
                 parts = name.split(".")
@@ -63,7 +107,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
                 elif leaf.startswith("b"):
                     param.zero_()
                 else:
-                    param.normal_(0.0, self.cfg.initializer_range)
+                    param.normal_(0.0, self.cfg.initializer_range, generator=generator)
         if self.cfg.tie_word_embeddings:
             self.unembed.W_U = nn.Parameter(self.embed.W_E.data.T)
 
@@ -146,12 +190,17 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         tokens = self.hook_tokens(tokens.to(self.embed.W_E.device))
         positions, masks = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device, cache)
         residual = self.hook_embed(self.embed(tokens))
-        if hasattr(self, "pos_embed"):
+        if self.cfg.positional_embedding_type == "standard":  # shortformer positions go to attention instead
             residual = residual + self.hook_pos_embed(self.pos_embed(positions))
         return residual, positions, masks
 
-    def _rotaries(self, positions: Tensor, dtype: torch.dtype) -> dict[str, tuple[Tensor, Tensor] | None]:
-        """The cos/sin tables of global and local layers (the same unless local layers have their own base)."""
+    def _rotaries(self, positions: Tensor, dtype: torch.dtype) -> dict[str, Position]:
+        """What global and local layers get about positions (see `components/block.py`): the rotary cos/sin
+        tables (the same unless local layers have their own base), or a shortformer model's position
+        embedding (through hook_pos_embed), or None."""
+        if self.cfg.positional_embedding_type == "shortformer":
+            pos_embed = self.hook_pos_embed(self.pos_embed(positions))
+            return {"global": pos_embed, "local": pos_embed}
         if not hasattr(self, "rotary"):
             return {"global": None, "local": None}
         rotary = self.rotary(positions, dtype)

@@ -231,6 +231,11 @@ def process_weights_(
 
 def _check_standard(model: HookedTransformer, step: str) -> None:
     """Refuse block structures the steps do not know (parallel blocks, extra norms, other norm formulas)."""
+    if model.cfg.attn_only or model.cfg.positional_embedding_type == "shortformer":
+        # Not only unwritten: folding ln1's weight into W_Q / W_K would also scale a shortformer's positions.
+        raise NotImplementedError(
+            f"{step} is not implemented for attn_only or shortformer models; leave weight processing off."
+        )
     for i, block in enumerate(model.blocks):
         parts = {"block": (block, (Block,)), "attn": (block.attn, (Attention,)), "mlp": (block.mlp, (MLP, GatedMLP))}
         parts |= {name: (getattr(block, name), (LayerNorm, RMSNorm)) for name in ("ln1", "ln2")}

@@ -67,13 +67,13 @@ class WeightsMixin:
         return torch.cat([self.W_E, self.W_pos], dim=0)
 
     @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+    def W_U(self) -> Float[Tensor, "d_model d_vocab_out"]:
         return self.unembed.W_U
 
     @property
-    def b_U(self) -> Float[Tensor, " d_vocab"]:
+    def b_U(self) -> Float[Tensor, " d_vocab_out"]:
         b_U = self.unembed.b_U
-        return b_U if b_U is not None else torch.zeros(self.cfg.d_vocab, dtype=self.W_U.dtype, device=self.W_U.device)
+        return b_U if b_U is not None else self.W_U.new_zeros(self.cfg.d_vocab_out)
 
     # ---- attention -------------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class WeightsMixin:
         if mlp_input and layer == n_layers:
             raise ValueError(f"mlp_input=True needs a block's MLP: layer must be below n_layers={n_layers}.")
         total = self.b_O[:layer].sum(0)
-        if include_mlp_biases:
+        if include_mlp_biases and not self.cfg.attn_only:
             total = total + self.b_out[:layer].sum(0)
         if mlp_input and not self.cfg.parallel_attn_mlp:
             total = total + self.b_O[layer]

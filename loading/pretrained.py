@@ -231,7 +231,11 @@ def build(
     if first_n_layers is not None:
         fields["n_layers"] = first_n_layers
     cfg = HookedTransformerConfig(
-        **fields, original_architecture=architecture, model_name=hf_config.get("_name_or_path") or architecture
+        **fields,
+        original_architecture=architecture,
+        model_name=hf_config.get("_name_or_path") or architecture,
+        device=str(device),
+        dtype=dtype,
     )
     table = {
         name.format(i=layer): t.format(layer)

@@ -269,8 +269,11 @@ def test_indexing_leading_dims():
         (slice(1, 3), slice(1, 3)),
         ((0, 2), (0, 2)),
         ((slice(None), 1), (slice(None), 1)),
-        ((..., 1), (slice(None), 1)),
+        ((1, ...), (1, ...)),
         (torch.tensor([3, 0]), torch.tensor([3, 0])),
+        ((torch.tensor([3, 0]), torch.tensor([1, 1])), (torch.tensor([3, 0]), torch.tensor([1, 1]))),
+        (None, None),
+        ((0, None), (0, None)),
     ]
     for idx, product_idx in cases:
         sub = fm[idx]
@@ -279,9 +282,55 @@ def test_indexing_leading_dims():
     assert fm[0].shape == (3, 5, 6)
     assert fm[1:3].shape == (2, 3, 5, 6)
     assert fm[0, 2].shape == (5, 6)
-    assert fm[..., 1].shape == (4, 5, 6)
-    with pytest.raises(IndexError):
-        fm[0, 0, 0]
+
+
+def test_indexing_rows_and_columns_matches_the_product():
+    """Rows index A, columns index B; an int keeps its dim (the result stays a matrix), and two index
+    tensors select rows and columns independently (TransformerLens's FactoredMatrix.__getitem__)."""
+    fm = FactoredMatrix(rand(4, 3, 5, 2), rand(2, 6))
+    AB = fm.A @ fm.B
+    rows, cols = torch.tensor([4, 0, 2, 0]), torch.tensor([5, 1])
+    mask = torch.tensor([True, False, True, True, False])
+    cases = [
+        ((0, 1, rows), AB[0, 1][rows]),
+        ((0, 1, slice(None), slice(None, 3)), AB[0, 1, :, :3]),
+        ((0, 1, rows, cols), AB[0, 1][rows][:, cols]),
+        ((0, 1, 2), AB[0, 1, 2:3]),
+        ((0, 1, -1, -1), AB[0, 1, -1:, -1:]),
+        ((0, 1, [1, 3], 2), AB[0, 1, [1, 3], 2:3]),
+        ((0, 1, mask), AB[0, 1, mask]),
+        ((slice(None), 2, slice(1, 4)), AB[:, 2, 1:4]),
+        ((..., cols), AB[..., cols]),
+        ((..., 2, slice(None)), AB[..., 2:3, :]),
+        ((1, ..., rows, 0), AB[1][..., rows, :][..., 0:1]),
+        ((torch.tensor([3, 0]), torch.tensor([1, 1]), rows), AB[[3, 0], [1, 1]][:, rows]),
+    ]
+    for idx, expected in cases:
+        sub = fm[idx]
+        assert isinstance(sub, FactoredMatrix), idx
+        close(sub.AB, expected)
+    # The ARENA use: a sample of rows and columns of a 2-D circuit, still factored until .AB.
+    full_OV = FactoredMatrix(rand(50, 4), rand(4, 60))
+    indices = torch.randint(0, 50, (20,))
+    sample = full_OV[indices, indices]
+    assert sample.shape == (20, 20) and sample.mdim == 4
+    close(sample.AB, full_OV.AB[indices][:, indices])
+    close(full_OV[indices].AB, full_OV.AB[indices])
+    close(full_OV[:, :10].AB, full_OV.AB[:, :10])
+
+
+def test_indexing_errors_are_index_errors():
+    fm = FactoredMatrix(rand(4, 3, 5, 2), rand(2, 6))
+    for bad in [
+        (0, 0, 0, 0, 0),
+        (0, 0, 5),
+        (0, 0, 0, -7),
+        (..., 0, ...),
+        (0, 0, torch.tensor([[0, 1]])),
+        (0, 0, 0, None),
+    ]:
+        with pytest.raises(IndexError):
+            fm[bad]
 
 
 def test_get_corner():

@@ -1,8 +1,12 @@
 """Transformer blocks, each written as its residual-stream equation.
 
 `Block` is the pre-norm block (GPT-2, Llama). The variants are small subclasses, picked once by
-`make_block` from the config: `ParallelBlock` (GPT-J, GPT-NeoX, Phi), `SandwichBlock` (Gemma 2/3)
-and `PostNormBlock` (OLMo 2).
+`make_block` from the config: `ParallelBlock` (GPT-J, GPT-NeoX, Phi), `SandwichBlock` (Gemma 2/3),
+`PostNormBlock` (OLMo 2) and `AttnOnlyBlock` (TransformerLens's attention-only toy models).
+
+Every block gets its layer's `position`: the rotary (cos, sin) tables of a rotary model, the position
+embedding of a shortformer model (TransformerLens's "shortformer": added to the normalized query and
+key inputs of attention, not to the value input nor to the residual stream), None otherwise.
 """
 
 from __future__ import annotations
@@ -19,12 +23,16 @@ from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
 from hooked.kv_cache import LayerKV
 
+# Rotary (cos, sin) tables, or a shortformer position embedding [batch, pos, d_model], or None.
+Position = Rotary | Float[Tensor, "batch pos d_model"] | None
+
 
 class Block(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_groups = cfg.n_heads, cfg.n_key_value_groups
+        self.shortformer = cfg.positional_embedding_type == "shortformer"
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, n_heads, d_model]
         self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model]
@@ -43,15 +51,28 @@ class Block(nn.Module):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        rotary: Rotary | None,
+        position: Position,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv))
+        attn_out = self.hook_attn_out(self.attend(resid_pre, position, mask, past_kv))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_mid))))
         return self.hook_resid_post(resid_mid + mlp_out)
+
+    def attend(
+        self, resid_pre: Tensor, position: Position, mask: Tensor | None, past_kv: LayerKV | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The attention layer's output for `resid_pre` (before any post-norm)."""
+        q_input, k_input, v_input = self.attn_inputs(resid_pre)
+        if self.shortformer:
+            # Queries and keys see the position; values (and so the residual stream) do not. A per-head
+            # input [batch, pos, heads, d_model] gets the same embedding for every head.
+            q_input = q_input + (position if q_input.ndim == 3 else position.unsqueeze(2))
+            k_input = k_input + (position if k_input.ndim == 3 else position.unsqueeze(2))
+            position = None
+        return self.attn(q_input, k_input, v_input, position, mask, past_kv)
 
     def attn_inputs(self, resid_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The normalized query, key and value inputs: shared, or per head when a hook asks for them.
@@ -102,12 +123,12 @@ class ParallelBlock(Block):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        rotary: Rotary | None,
+        position: Position,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv))
+        attn_out = self.hook_attn_out(self.attend(resid_pre, position, mask, past_kv))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid_pre))))
         return self.hook_resid_post(resid_pre + attn_out + mlp_out)
 
@@ -123,12 +144,12 @@ class SandwichBlock(Block):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        rotary: Rotary | None,
+        position: Position,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.ln1_post(self.attn(*self.attn_inputs(resid_pre), rotary, mask, past_kv)))
+        attn_out = self.hook_attn_out(self.ln1_post(self.attend(resid_pre, position, mask, past_kv)))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.ln2_post(self.mlp(self.ln2(self.hook_mlp_in(resid_mid)))))
         return self.hook_resid_post(resid_mid + mlp_out)
@@ -142,6 +163,25 @@ class PostNormBlock(SandwichBlock):
         self.ln2 = nn.Identity()
 
 
+class AttnOnlyBlock(Block):
+    # Same as Block except: no MLP, so no ln2, mlp, hook_resid_mid, hook_mlp_in or hook_mlp_out
+    # (TransformerLens's attn_only blocks): resid_post = resid_pre + attn_out.
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__(cfg, layer)
+        del self.hook_resid_mid, self.hook_mlp_in, self.ln2, self.mlp, self.hook_mlp_out
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        position: Position,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        past_kv: LayerKV | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attend(resid_pre, position, mask, past_kv))
+        return self.hook_resid_post(resid_pre + attn_out)
+
+
 def make_mlp(cfg: HookedTransformerConfig) -> nn.Module:
     if cfg.num_experts:
         return MoE(cfg)
@@ -150,6 +190,8 @@ def make_mlp(cfg: HookedTransformerConfig) -> nn.Module:
 
 def make_block(cfg: HookedTransformerConfig, layer: int) -> Block:
     """The block variant the config describes."""
+    if cfg.attn_only:
+        return AttnOnlyBlock(cfg, layer)
     if cfg.parallel_attn_mlp:
         return ParallelBlock(cfg, layer)
     if cfg.block_norms == "pre_and_post":

@@ -49,14 +49,14 @@ class Unembed(nn.Module):
 
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab)) if cfg.unembed_bias else None
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out)) if cfg.unembed_bias else None
         self.soft_cap = cfg.output_logits_soft_cap
         self.hook_in = HookPoint()  # [batch, pos, d_model]
-        self.hook_out = HookPoint()  # [batch, pos, d_vocab]
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab_out]
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        # W_U is stored [d_model, d_vocab] as users expect; .T is a free view for F.linear.
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab_out"]:
+        # W_U is stored [d_model, d_vocab_out] as users expect; .T is a free view for F.linear.
         logits = F.linear(self.hook_in(x), self.W_U.T, self.b_U)
         if self.soft_cap:
             logits = torch.tanh(logits / self.soft_cap) * self.soft_cap

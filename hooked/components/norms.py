@@ -1,5 +1,6 @@
 """Normalization layers: LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019), and the
-variants some families use: LayerNorm without parameters (OLMo), and the query/key norms of
+variants some families use: LayerNorm without parameters (OLMo), RMSNorm without a weight
+(TransformerLens's "RMSPre"), and the query/key norms of
 attention (one weight shared by all heads, a weight per head, or one norm over all heads at once).
 
 Every norm exposes the normalizing scale and the normalized (pre-weight) activation as hook points, so
@@ -47,13 +48,12 @@ class LayerNorm(LayerNormPre):
         return out + self.b if self.b is not None else out
 
 
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * w, in float32, cast back before the weight (as Hugging Face's Llama)."""
+class RMSNormPre(nn.Module):
+    """x / sqrt(mean(x^2) + eps), with no weight, in float32 and cast back (TransformerLens's RMSNormPre)."""
 
-    def __init__(self, d_model: int, eps: float) -> None:
+    def __init__(self, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.w = nn.Parameter(torch.ones(d_model))
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
 
@@ -61,8 +61,19 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x = x.float()
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        normalized = self.hook_normalized((x / scale).to(dtype))
-        return self.w * normalized
+        return self.hook_normalized((x / scale).to(dtype))
+
+
+class RMSNorm(RMSNormPre):
+    """x / sqrt(mean(x^2) + eps) * w: RMSNormPre, then the weight applied after the cast back (as Hugging
+    Face's Llama)."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__(eps)
+        self.w = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        return self.w * super().forward(x)
 
 
 class PerHeadLayerNorm(LayerNormPre):
@@ -84,14 +95,21 @@ class AllHeadsRMSNorm(RMSNorm):
         return super().forward(x.flatten(-2)).unflatten(-1, x.shape[-2:])
 
 
-def make_norm(normalization_type: str, d_model: int, eps: float) -> nn.Module:
+def make_norm(normalization_type: str | None, d_model: int, eps: float) -> nn.Module:
+    """The norm `normalization_type` names; None gives the identity (no parameters and no hook points)."""
+    if normalization_type is None:
+        return nn.Identity()
     if normalization_type == "LN":
         return LayerNorm(d_model, eps)
     if normalization_type == "LNPre":
         return LayerNormPre(eps)
     if normalization_type == "RMS":
         return RMSNorm(d_model, eps)
-    raise ValueError(f"Unknown normalization_type {normalization_type!r}; expected 'LN', 'LNPre' or 'RMS'.")
+    if normalization_type == "RMSPre":
+        return RMSNormPre(eps)
+    raise ValueError(
+        f"Unknown normalization_type {normalization_type!r}; expected 'LN', 'LNPre', 'RMS', 'RMSPre' or None."
+    )
 
 
 def make_qk_norm(cfg: HookedTransformerConfig, n_heads: int) -> nn.Module:
