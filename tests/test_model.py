@@ -328,3 +328,17 @@ def test_transformerlens_flag_setters_switch_nothing_off(model):
         ):
             edited = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x * 0.5)])
             assert not torch.allclose(edited, clean), name
+
+
+def test_a_block_called_directly(model):
+    """TransformerLens let model.blocks[i](resid) run a block; ours does where the layer needs no positions,
+    and otherwise says how to run it through the model."""
+    tokens = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        if model.cfg.positional_embedding_type == "standard":
+            assert_close(model.blocks[1](cache["resid_pre", 1]), cache["resid_post", 1], "resid")
+        else:
+            with pytest.raises(TypeError, match="start_at_layer=1, stop_at_layer=2"):
+                model.blocks[1](cache["resid_pre", 1])
+        assert_close(model(cache["resid_pre", 1], start_at_layer=1, stop_at_layer=2), cache["resid_post", 1], "resid")

@@ -27,12 +27,21 @@ from hooked.kv_cache import LayerKV
 Position = Rotary | Float[Tensor, "batch pos d_model"] | None
 
 
+class Unset:
+    """`model.blocks[i](resid)` called directly, without its layer's position and mask (see Block.attend)."""
+
+
+UNSET = Unset()
+
+
 class Block(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_groups = cfg.n_heads, cfg.n_key_value_groups
         self.shortformer = cfg.positional_embedding_type == "shortformer"
+        self.needs_position = cfg.positional_embedding_type in ("rotary", "shortformer")
+        self.local = cfg.layer_attn_type(layer) == "local"
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, n_heads, d_model]
         self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model]
@@ -51,8 +60,8 @@ class Block(nn.Module):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        position: Position,
-        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        position: Position | Unset = UNSET,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None | Unset = UNSET,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
@@ -64,7 +73,17 @@ class Block(nn.Module):
     def attend(
         self, resid_pre: Tensor, position: Position, mask: Tensor | None, past_kv: LayerKV | None
     ) -> Float[Tensor, "batch pos d_model"]:
-        """The attention layer's output for `resid_pre` (before any post-norm)."""
+        """The attention layer's output for `resid_pre` (before any post-norm). A block called directly
+        (`model.blocks[i](resid)`, as TransformerLens allowed) gets plain causal attention and no position,
+        which is right only where the layer needs neither; otherwise it is refused, saying what to call."""
+        if position is UNSET or mask is UNSET:
+            if self.needs_position or self.local:
+                need = "its rotary/shortformer positions" if self.needs_position else "its sliding-window mask"
+                raise TypeError(
+                    f"blocks.{self.layer} needs {need}, which the model computes: run it as "
+                    f"model(resid, start_at_layer={self.layer}, stop_at_layer={self.layer + 1})."
+                )
+            position, mask = None, None
         q_input, k_input, v_input = self.attn_inputs(resid_pre)
         if self.shortformer:
             # Queries and keys see the position; values (and so the residual stream) do not. A per-head
@@ -123,8 +142,8 @@ class ParallelBlock(Block):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        position: Position,
-        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        position: Position | Unset = UNSET,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None | Unset = UNSET,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
@@ -144,8 +163,8 @@ class SandwichBlock(Block):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        position: Position,
-        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        position: Position | Unset = UNSET,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None | Unset = UNSET,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
@@ -173,8 +192,8 @@ class AttnOnlyBlock(Block):
     def forward(
         self,
         resid_pre: Float[Tensor, "batch pos d_model"],
-        position: Position,
-        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
+        position: Position | Unset = UNSET,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None | Unset = UNSET,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
