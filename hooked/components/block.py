@@ -71,7 +71,7 @@ class Block(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
     def attend(
-        self, resid_pre: Tensor, position: Position, mask: Tensor | None, past_kv: LayerKV | None
+        self, resid_pre: Tensor, position: Position | Unset, mask: Tensor | None | Unset, past_kv: LayerKV | None
     ) -> Float[Tensor, "batch pos d_model"]:
         """The attention layer's output for `resid_pre` (before any post-norm). A block called directly
         (`model.blocks[i](resid)`, as TransformerLens allowed) gets plain causal attention and no position,
