@@ -73,19 +73,39 @@ class ActivationCache(Mapping):
         """Drop the batch axis (the run must have had batch size 1). In place; returns self."""
         if not self.has_batch_dim:
             return self
-        sizes = {t.shape[0] for t in self.cache_dict.values() if t.ndim}
+        sizes = {t.shape[0] for name, t in self.cache_dict.items() if t.ndim and self._batched(name)}
         if sizes - {1}:
             raise ValueError(f"remove_batch_dim needs batch size 1, but the cache has batch sizes {sorted(sizes)}.")
-        self.cache_dict = {name: t[0] for name, t in self.cache_dict.items()}
+        self.cache_dict = {name: t[0] if self._batched(name) else t for name, t in self.cache_dict.items()}
         self.has_batch_dim = False
         return self
+
+    def _batched(self, name: str) -> bool:
+        """Whether the entry's first axis is the batch (not, e.g., the tokens routed to an expert)."""
+        hook = self.model.hook_dict.get(name.removesuffix("_grad")) if hasattr(self.model, "hook_dict") else None
+        return getattr(hook, "batch_axis", True)
+
+    def _routed_rows(self, name: str, batch_slice: Slice) -> Tensor:
+        """The rows of an expert's entry that come from the batch rows `batch_slice` keeps: its rows are the
+        tokens routed to it in (batch, pos) order, which the cached expert indices tell apart."""
+        block, expert = name.split(".mlp.experts.")
+        indices_name = f"{block}.mlp.hook_expert_indices"
+        if indices_name not in self.cache_dict:
+            raise ValueError(f"Slicing {name!r} by batch row needs {indices_name!r} in the cache (see names_filter).")
+        routed = (self.cache_dict[indices_name] == int(expert.split(".")[0])).any(-1)  # [batch, pos]
+        rows = torch.arange(routed.shape[0], device=routed.device)[:, None].expand_as(routed)[routed]
+        kept = batch_slice.apply(torch.arange(routed.shape[0], device=routed.device), dim=0).reshape(-1)
+        return torch.isin(rows, kept)
 
     def apply_slice_to_batch_dim(self, batch_slice: Slice | int | tuple | list | None) -> ActivationCache:
         """A new cache holding only some rows of the batch (an int drops the batch axis)."""
         batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
         if not self.has_batch_dim:
             raise ValueError("This cache has no batch axis to slice.")
-        sliced = {name: batch_slice.apply(t, dim=0) for name, t in self.cache_dict.items()}
+        sliced = {
+            name: batch_slice.apply(t, dim=0) if self._batched(name) else t[self._routed_rows(name, batch_slice)]
+            for name, t in self.cache_dict.items()
+        }
         return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice.slice, int))
 
     def toggle_autodiff(self, mode: bool = False) -> None:

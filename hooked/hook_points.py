@@ -31,6 +31,9 @@ class HookPoint(nn.Module):
         super().__init__()
         self.name: str | None = None
         self.ctx: dict[Any, Any] = {}
+        # False where the activation's first axis is not the batch (a mixture-of-experts expert sees the
+        # tokens routed to it, flattened): caching then neither drops a batch axis nor slices positions.
+        self.batch_axis = True
         # (handle, is_permanent, level): `level` is the `hooks()` call that added the hook (None: added
         # directly), so that leaving one context removes only that context's hooks.
         self._handles: list[tuple[RemovableHandle, bool, int | None]] = []
@@ -278,9 +281,9 @@ class HookedRootModule(nn.Module):
         def store(key: str):
             def hook(tensor: Tensor, hook: HookPoint) -> None:
                 kept = tensor.detach()
-                if pos_slice is not None:
+                if pos_slice is not None and hook.batch_axis:
                     kept = slicer.apply(kept, dim=_pos_dim(hook.name, kept))
-                if remove_batch_dim:
+                if remove_batch_dim and hook.batch_axis:
                     kept = kept[0]
                 cache[key] = kept.to(device) if device is not None else kept
 

@@ -183,3 +183,23 @@ def test_a_parallel_block_has_no_resid_mid(family, tmp_path_factory):
         cache.accumulated_resid(incl_mid=True)
     # The MLP reads resid_pre, which holds none of the block's own b_O.
     assert torch.equal(model.accumulated_bias(1, mlp_input=True), model.accumulated_bias(1))
+
+
+def test_an_experts_rows_follow_batch_slicing(tmp_path_factory):
+    """An expert's activations have one row per routed token, not a batch axis: slicing the batch keeps the
+    rows routed from the kept examples, and removing a batch of one leaves them whole."""
+    _, model, _, _ = load_run("mixtral-top2", tmp_path_factory)
+    tokens = torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+        _, alone = model.run_with_cache(tokens[1:2])
+        _, dropped = model.run_with_cache(tokens[1:2], remove_batch_dim=True)
+    sliced = cache.apply_slice_to_batch_dim(1)
+    experts = [name for name in alone if ".experts." in name]
+    assert experts
+    for name in experts:
+        assert_close(sliced[name], alone[name], "resid", label=name)
+        assert torch.equal(dropped[name], alone[name])
+    assert torch.equal(
+        alone.remove_batch_dim()["blocks.0.mlp.experts.0.hook_post"], dropped["blocks.0.mlp.experts.0.hook_post"]
+    )

@@ -32,6 +32,9 @@ class MoE(nn.Module):
         self.hook_expert_weights = HookPoint()  # [batch, pos, experts_per_token]
         self.hook_expert_indices = HookPoint()  # [batch, pos, experts_per_token]
         self.experts = nn.ModuleList([GatedMLP(cfg) for _ in range(cfg.num_experts)])
+        for hook in self.experts.modules():
+            if isinstance(hook, HookPoint):
+                hook.batch_axis = False  # an expert's rows are the tokens routed to it, in (batch, pos) order
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         logits = self.hook_router_logits(F.linear(x, self.W_router.T))
