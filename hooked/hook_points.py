@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -81,7 +82,9 @@ class HookPoint(nn.Module):
         elif dir == "bwd":
             # Registering a full backward hook on an identity module makes autograd hand us the
             # gradient of the activation itself.
-            handle = self.register_full_backward_hook(self._wrap_backward(fn), prepend=prepend)
+            wrapped = self._wrap_backward(fn)
+            handle = self.register_full_backward_hook(wrapped, prepend=prepend)
+            wrapped.handle_id = handle.id
         else:
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
         self._handles.append((handle, is_permanent, level))
@@ -126,6 +129,15 @@ class HookPoint(nn.Module):
 
     def _wrap_backward(self, fn: HookFn):
         def backward_hook(module: nn.Module, grad_input, grad_output) -> tuple[Tensor] | None:
+            # Autograd keeps the hooks a forward saw; one removed since (its hooks() context ended before
+            # .backward()) must not run, but is not skipped silently either.
+            if backward_hook.handle_id not in self._backward_hooks:
+                warnings.warn(
+                    f"A backward hook on {self.name!r} was removed before .backward() ran, so it did not run; "
+                    "call .backward() inside the hooks() context (or use run_with_cache(incl_bwd=True)).",
+                    stacklevel=2,
+                )
+                return None
             grad = grad_output[0]
             result = fn(grad, self)
             if result is None:

@@ -344,6 +344,18 @@ def test_backward_hook_in_hooks_context(model):
     assert_all_hooks_gone(model)
 
 
+def test_a_backward_hook_whose_context_ended_does_not_run_and_says_so(model):
+    """Hooks never outlive their call: a backward pass after the hooks() block runs without them, with a
+    warning naming the hook (autograd would otherwise still call what the forward saw)."""
+    grads = []
+    x = t(1.0).requires_grad_(True)
+    with model.hooks(bwd_hooks=[("layer1.hook_square", lambda g, h: grads.append(g) or g * 0)]):
+        out = model(x).sum()
+    with pytest.warns(UserWarning, match="'layer1.hook_square' was removed before .backward"):
+        out.backward()
+    assert grads == [] and x.grad.item() != 0
+
+
 def test_run_with_cache_incl_bwd(model):
     x = torch.tensor(2.0, requires_grad=True)  # scalar in, scalar out
     out, cache = model.run_with_cache(x, incl_bwd=True)
