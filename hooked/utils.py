@@ -13,6 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from hooked.components.mlp import gelu_fast, gelu_new  # noqa: F401  (TransformerLens's utils had them)
+
 _ATTN_ACTS = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores"}
 _MLP_ACTS = {"pre", "post", "mid", "pre_linear"}
 _NORM_ACTS = {"scale", "normalized"}

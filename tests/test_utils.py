@@ -282,3 +282,12 @@ def test_tokenize_and_concatenate_accepts_datasets_without_the_package():
     assert torch.equal(streamed["tokens"], expected)
     with pytest.raises(ValueError, match="fewer than one row"):
         utils.tokenize_and_concatenate(["hello"], tokenizer, max_length=64)
+
+
+def test_gelu_new_and_gelu_fast_are_transformers_activations():
+    """TransformerLens notebooks call utils.gelu_new; it is GPT-2's activation, as transformers computes it."""
+    from transformers.activations import FastGELUActivation, NewGELUActivation
+
+    x = torch.linspace(-6, 6, 1001)
+    assert torch.equal(utils.gelu_new(x), NewGELUActivation()(x))
+    assert torch.allclose(utils.gelu_fast(x), FastGELUActivation()(x), atol=1e-6)
