@@ -50,6 +50,22 @@ def require(hf: dict[str, Any], field: str, allowed: tuple, default: Any = None)
     return value
 
 
+def sizes(hf: dict[str, Any]) -> dict[str, Any]:
+    """The model's sizes from the field names most families share (Llama's: hidden_size, num_hidden_layers,
+    num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size, max_position_embeddings)."""
+    n_heads = hf["num_attention_heads"]
+    return {
+        "d_model": hf["hidden_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_heads": n_heads,
+        "n_key_value_heads": hf.get("num_key_value_heads") or n_heads,
+        "d_head": hf.get("head_dim") or hf["hidden_size"] // n_heads,
+        "d_mlp": hf["intermediate_size"],
+        "d_vocab": hf["vocab_size"],
+        "n_ctx": hf["max_position_embeddings"],
+    }
+
+
 def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
     """Rotary settings from either the transformers-5 `rope_parameters` or the older `rope_theta`/`rope_scaling`."""
     params = dict(hf.get("rope_parameters") or {})

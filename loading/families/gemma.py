@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields
+from loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
 from loading.families.llama import IGNORED, llama_weights
 from loading.transforms import Copy, PlusOne
 
@@ -23,18 +23,12 @@ ACTS = ("gelu_pytorch_tanh", "gelu", "gelu_new", "silu", "relu")
 
 def gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
     require(hf, "use_bidirectional_attention", (None, False))
-    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    fields = sizes(hf)
+    d_head = fields["d_head"]
     act = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
     bias = bool(hf.get("attention_bias", False))
     return {
-        "d_model": hf["hidden_size"],
-        "n_layers": hf["num_hidden_layers"],
-        "n_heads": hf["num_attention_heads"],
-        "n_key_value_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        "d_head": d_head,
-        "d_mlp": hf["intermediate_size"],
-        "d_vocab": hf["vocab_size"],
-        "n_ctx": hf["max_position_embeddings"],
+        **fields,
         "act_fn": require(hf, act, ACTS),
         "gated_mlp": True,
         "normalization_type": "RMS",

@@ -7,22 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require, rotary_fields
+from loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
 from loading.transforms import Copy, Heads, HeadsCopied, Transpose
 
 ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 
 
 def gpt_neox_config(hf: dict[str, Any]) -> dict[str, Any]:
-    d_head = hf["hidden_size"] // hf["num_attention_heads"]
+    fields = sizes(hf)
+    d_head = fields["d_head"]
     bias = bool(hf.get("attention_bias", True))
     return {
-        "d_model": hf["hidden_size"],
-        "n_layers": hf["num_hidden_layers"],
-        "n_heads": hf["num_attention_heads"],
-        "d_mlp": hf["intermediate_size"],
-        "d_vocab": hf["vocab_size"],
-        "n_ctx": hf["max_position_embeddings"],
+        **fields,
         "act_fn": require(hf, "hidden_act", ACTS),
         "normalization_type": "LN",
         "eps": hf["layer_norm_eps"],

@@ -6,23 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require, rotary_fields
+from loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
 from loading.transforms import Copy, Heads, Transpose
 
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
 def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
-    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    fields = sizes(hf)
+    d_head = fields["d_head"]
     return {
-        "d_model": hf["hidden_size"],
-        "n_layers": hf["num_hidden_layers"],
-        "n_heads": hf["num_attention_heads"],
-        "n_key_value_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        "d_head": d_head,
-        "d_mlp": hf["intermediate_size"],
-        "d_vocab": hf["vocab_size"],
-        "n_ctx": hf["max_position_embeddings"],
+        **fields,
         "act_fn": require(hf, "hidden_act", ACTS),
         "gated_mlp": True,
         "normalization_type": "RMS",
