@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, save_tiny
+from conftest import TINY_LLAMA, assert_close, save_tiny
 from transformers import GPT2Config, LlamaConfig
 
 from hooked import HookedTransformer, HookedTransformerConfig, processing
 
 BASE = dict(d_model=32, n_layers=2, n_heads=4, d_vocab=128, n_ctx=40, initializer_range=0.2)
-LLAMA = dict(
-    BASE,
-    n_key_value_heads=2,
-    d_mlp=48,
-    act_fn="silu",
-    gated_mlp=True,
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    attn_qkv_bias=False,
-    attn_out_bias=False,
-    mlp_bias=False,
-)
+LLAMA = {**TINY_LLAMA, **BASE}
 VARIANTS = {
     "gpt2": HookedTransformerConfig(**BASE, unembed_bias=True),
     "gpt2_tied": HookedTransformerConfig(**BASE, tie_word_embeddings=True),

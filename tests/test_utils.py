@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, tiny_tokenizer
+from conftest import assert_close, tiny_llama, tiny_tokenizer
 
 from hooked import FactoredMatrix, HookedTransformer, HookedTransformerConfig, utils
 from hooked.utils import Slice, get_act_name
 
 GPT2_LIKE = HookedTransformerConfig(d_model=32, n_layers=2, n_heads=4, d_vocab=128, n_ctx=40)
-LLAMA_LIKE = GPT2_LIKE.replace(
-    n_key_value_heads=2,
-    d_mlp=48,
-    act_fn="silu",
-    gated_mlp=True,
-    normalization_type="RMS",
-    positional_embedding_type="rotary",
-    attn_qkv_bias=False,
-    attn_out_bias=False,
-    mlp_bias=False,
-)
+LLAMA_LIKE = tiny_llama(n_layers=2, d_vocab=128, n_ctx=40)
 
 # ---- get_act_name -------------------------------------------------------------------------------
 
