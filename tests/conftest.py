@@ -87,6 +87,25 @@ TINY_LLAMA = dict(
 )
 
 
+def reference(hf, tokens, **kwargs):
+    """The Hugging Face model's outputs with every hidden state and attention pattern."""
+    with torch.no_grad():
+        return hf(tokens, output_hidden_states=True, output_attentions=True, **kwargs)
+
+
+def assert_matches_reference(model, hf, tokens) -> None:
+    """Logits, every residual and every attention pattern of `model` equal `hf`'s on `tokens`."""
+    ref = reference(hf, tokens)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    assert_close(logits, ref.logits, "logits")
+    n = model.cfg.n_layers
+    # HF's last hidden state is after the final norm, which is what the unembedding reads.
+    ours = [cache["resid_post", i] for i in range(n - 1)] + [cache["unembed.hook_in"]]
+    assert_layers_close(ours, list(ref.hidden_states[1:]), "resid")
+    assert_layers_close([cache["pattern", i] for i in range(n)], list(ref.attentions), "pattern")
+
+
 def tiny_llama(**sizes):
     """A HookedTransformerConfig of the TINY_LLAMA architecture; `sizes` gives n_layers, d_vocab, n_ctx, ..."""
     from hooked import HookedTransformerConfig

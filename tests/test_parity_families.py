@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import assert_close, assert_layers_close, save_tiny
+from conftest import assert_close, assert_matches_reference, reference, save_tiny
 
 from hooked import HookedTransformer
 from hooked.kv_cache import KVCache
@@ -326,23 +326,9 @@ def pair(request, tmp_path_factory):
     return request.param, hf, HookedTransformer.from_pretrained(folder)
 
 
-def reference(hf, tokens, **kwargs):
-    with torch.no_grad():
-        return hf(tokens, output_hidden_states=True, output_attentions=True, **kwargs)
-
-
 def test_logits_residuals_and_patterns_match(pair):
     _, hf, model = pair
-    tokens = torch.randint(0, V, (2, 12))
-    ref = reference(hf, tokens)
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens)
-    assert_close(logits, ref.logits, "logits")
-    n = model.cfg.n_layers
-    # HF's last hidden state is after the final norm, which is what the unembedding reads.
-    ours = [cache["resid_post", i] for i in range(n - 1)] + [cache["unembed.hook_in"]]
-    assert_layers_close(ours, list(ref.hidden_states[1:]), "resid")
-    assert_layers_close([cache["pattern", i] for i in range(n)], list(ref.attentions), "pattern")
+    assert_matches_reference(model, hf, torch.randint(0, V, (2, 12)))
 
 
 def test_a_live_model_loads_like_its_checkpoint(pair):
