@@ -8,8 +8,8 @@ run (Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale"
         (z_clean[h] - z_corrupted[h]) * d metric / d z[h]   (the gradient taken in the corrupted run)
 
 On the IOI prompts (the metric is the fraction of the logit difference recovered, 0 on the corrupted
-run) we compute both for every head, with `hooked.attribution.attribute_heads` and
-`hooked.patching.get_act_patch_attn_head_out_all_pos`, and report how well they agree. The gradient is
+run) we compute both for every head, with `hooked.analysis.attribution.attribute_heads` and
+`hooked.analysis.patching.get_act_patch_attn_head_out_all_pos`, and report how well they agree. The gradient is
 the total derivative through all later layers.
 
     python demos/attribution_patching.py [--model smollm2-135m] [--out-dir attribution_patching]
@@ -26,8 +26,8 @@ from ioi_patching import ANSWER, CLEAN, CORRUPTED, WRONG, patch_head_outputs, pr
 from torch import Tensor
 
 from hooked import HookedTransformer
-from hooked.attribution import attribute_heads
-from hooked.visualization import plot_layer_head_grid, plot_scatter
+from hooked.analysis.attribution import attribute_heads
+from hooked.viz import plot_layer_head_grid, plot_scatter
 
 
 def correlation(a: Tensor, b: Tensor) -> float:

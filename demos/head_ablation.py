@@ -1,7 +1,7 @@
 """Which attention heads does the model need? Ablate each one and measure the loss on a text.
 
 Every head in turn has its output (`hook_z`, all positions) replaced, by zeros or by its mean over the
-text's positions (`hooked.ablation.zero_ablate_heads` / `mean_ablate_heads`; mean ablation removes
+text's positions (`hooked.analysis.ablation.zero_ablate_heads` / `mean_ablate_heads`; mean ablation removes
 what the head says about each position while keeping its average contribution, so it is gentler than
 zeros). The effect of a head is the rise in the mean next-token loss. Each run starts at the ablated
 head's layer from the cached residual stream (`start_at_layer`), which gives the same numbers as a
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from hooked import HookedTransformer, ablation
-from hooked.visualization import plot_layer_head_grid
+from hooked.viz import plot_layer_head_grid
 
 TEXT = (
     "The cat sat on the mat and looked out of the window. Outside, the rain fell on the garden, and the "

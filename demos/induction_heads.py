@@ -7,8 +7,8 @@ looking back, so
 
   * the induction score of a head is its mean attention, from each query in the second copy, to the
     token just after that query's earlier occurrence (1 = a perfect induction head);
-  * `hooked.head_detection.detect_head` finds the previous-token heads they compose with;
-  * zero-ablating the best-scoring heads (`hooked.ablation.zero_ablate_heads`) should raise the loss on
+  * `hooked.analysis.head_detection.detect_head` finds the previous-token heads they compose with;
+  * zero-ablating the best-scoring heads (`hooked.analysis.ablation.zero_ablate_heads`) should raise the loss on
     the second copy, far more than ablating as many heads chosen at random among the rest.
 
     python demos/induction_heads.py [--model smollm2-135m] [--out-dir induction_heads]
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from hooked import HookedTransformer, ablation
-from hooked.head_detection import detect_head
-from hooked.visualization import attention_html, plot_layer_head_grid
+from hooked.analysis.head_detection import detect_head
+from hooked.viz import attention_html, plot_layer_head_grid
 
 
 def repeated_tokens(model: HookedTransformer, half: int, seed: int = 0) -> Tensor:

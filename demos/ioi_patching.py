@@ -11,7 +11,7 @@ with logit diff = logit(" John") - logit(" Mary") at the last position: 1 means 
 restores the clean answer, 0 means it carries nothing (Meng et al. 2022; Wang et al. 2022, the IOI paper).
 First the residual stream, layer by layer and position by position, then each attention head's output.
 
-The patching itself is `hooked.patching` (TransformerLens's helpers: `get_act_patch_resid_pre`,
+The patching itself is `hooked.analysis.patching` (TransformerLens's helpers: `get_act_patch_resid_pre`,
 `get_act_patch_attn_head_out_all_pos`), plus one row for the residual after the last block. It runs
 several patches per forward pass, each starting at the patched layer; one patch per pass
 (`patches_per_forward=1`) gives results in which the invariants hold exactly: the clean final residual
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from hooked import ActivationCache, HookedTransformer, patching
-from hooked.visualization import attention_html, plot_layer_head_grid, plot_layer_pos_grid
+from hooked.viz import attention_html, plot_layer_head_grid, plot_layer_pos_grid
 
 CLEAN = "After John and Mary went to the store, Mary gave a bottle of milk to"
 CORRUPTED = "After John and Mary went to the store, John gave a bottle of milk to"

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from hooked import HookedTransformer
-from hooked.visualization import plot_logit_lens_table
+from hooked.viz import plot_logit_lens_table
 
 PROMPT = "The Eiffel Tower is in the city of"
 TARGET = " Paris"

@@ -18,8 +18,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hooked import tokenization
-from hooked.kv_cache import KVCache
-from hooked.utils import sample_logits
+from hooked.components.kv_cache import KVCache
+from hooked.sampling import sample_logits
 
 if TYPE_CHECKING:
     from hooked.model import HookedTransformer

@@ -20,6 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from hooked.cache_mapping import CacheMapping
+from hooked.names import Slice, position_axis
+
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 Direction = Literal["fwd", "bwd"]
@@ -168,7 +171,14 @@ def _name_predicate(names: NamesFilter) -> Callable[[str], bool]:
 
 
 class HookedRootModule(nn.Module):
-    """Base for a module tree whose HookPoints are addressed by name. Call `setup()` after building."""
+    """Base for a module tree whose HookPoints are addressed by name. Call `setup()` after building.
+
+    `run_with_cache` returns a `cache_class`. This layer knows only `CacheMapping`; the analysis layer's
+    `ActivationCache` is handed in from above (HookedTransformer names it, and the package root makes it
+    every root module's default, as in TransformerLens), so this module never imports the layers above it.
+    """
+
+    cache_class: type[CacheMapping] = CacheMapping
 
     def setup(self) -> None:
         self.mod_dict: dict[str, nn.Module] = {}
@@ -284,8 +294,6 @@ class HookedRootModule(nn.Module):
         pos_slice: Any = None,
     ) -> tuple[dict, list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
         """Hooks that store activations (and with `incl_bwd`, gradients as `<name>_grad`) in `cache`."""
-        from hooked.utils import Slice
-
         cache = {} if cache is None else cache
         wanted = _name_predicate(names_filter)
         slicer = Slice(pos_slice)
@@ -294,7 +302,7 @@ class HookedRootModule(nn.Module):
             def hook(tensor: Tensor, hook: HookPoint) -> None:
                 kept = tensor.detach()
                 if pos_slice is not None and hook.batch_axis:
-                    kept = slicer.apply(kept, dim=_pos_dim(hook.name, kept))
+                    kept = slicer.apply(kept, dim=position_axis(hook.name, kept))
                 if remove_batch_dim and hook.batch_axis:
                     kept = kept[0]
                 cache[key] = kept.to(device) if device is not None else kept
@@ -350,8 +358,6 @@ class HookedRootModule(nn.Module):
         With `incl_bwd=True` the output (which must be a scalar, e.g. `return_type="loss"`) is
         back-propagated here and gradients land in the cache as `<name>_grad`.
         """
-        from hooked.activation_cache import ActivationCache
-
         cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             output = self(*model_args, **model_kwargs)
@@ -359,11 +365,4 @@ class HookedRootModule(nn.Module):
                 output.backward()
         if not return_cache_object:
             return output, cache
-        return output, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
-
-
-def _pos_dim(name: str | None, tensor: Tensor) -> int:
-    """The position axis of an activation, for `pos_slice` caching: attention patterns are indexed by query."""
-    if name is not None and (name.endswith("hook_pattern") or name.endswith("hook_attn_scores")):
-        return -2
-    return 1 if tensor.ndim >= 2 else 0
+        return output, self.cache_class(cache, self, has_batch_dim=not remove_batch_dim)

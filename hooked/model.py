@@ -1,7 +1,7 @@
 """HookedTransformer: a decoder-only transformer in which every activation passes through a HookPoint.
 
 The forward pass is the residual-stream equation, block by block (see `components/block.py`). Token
-helpers live in `tokenization.py`, loading in the `loading` package; the methods here only delegate.
+helpers live in `tokenization.py`, loading in `hooked.loading`; the methods here only delegate.
 """
 
 from __future__ import annotations
@@ -15,14 +15,18 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked import processing, tokenization
+from hooked.analysis.activation_cache import ActivationCache
+from hooked.analysis.losses import lm_cross_entropy_loss
 from hooked.components.block import Position, make_block
-from hooked.components.embeddings import Embed, PosEmbed, Rotary, Unembed
+from hooked.components.embeddings import Embed, PosEmbed, Unembed
+from hooked.components.kv_cache import KVCache
 from hooked.components.norms import make_norm
+from hooked.components.positional import Rotary
 from hooked.config import HookedTransformerConfig
+from hooked.generation import generate, generate_stream
 from hooked.hook_points import HookedRootModule, HookPoint
-from hooked.kv_cache import KVCache
+from hooked.loading import load_pretrained
 from hooked.tl_state_dict import accept_transformerlens_keys
-from hooked.utils import lm_cross_entropy_loss
 from hooked.weights import WeightsMixin
 
 ReturnType = Literal["logits", "loss", "both"] | None
@@ -42,6 +46,8 @@ def _named_tokenizer(name: str):
 
 
 class HookedTransformer(WeightsMixin, HookedRootModule):
+    cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
+
     def __init__(self, cfg: HookedTransformerConfig | Mapping, tokenizer=None) -> None:
         """A randomly initialized model (use `from_pretrained` for trained weights).
 
@@ -302,24 +308,18 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
 
     def generate(self, input="", max_new_tokens: int = 10, **kwargs):
         """Continue `input` (str, list of str, or tokens); see `hooked.generation.generate`."""
-        from hooked.generation import generate
-
         return generate(self, input, max_new_tokens, **kwargs)
 
     def generate_stream(self, input, max_new_tokens: int = 10, **kwargs):
         """Yield each step's new tokens; see `hooked.generation.generate_stream`."""
-        from hooked.generation import generate_stream
-
         return generate_stream(self, input, max_new_tokens, **kwargs)
 
     # ---- loading (see the loading package) ---------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, **kwargs) -> HookedTransformer:
-        """Load a Hugging Face checkpoint (hub id, local folder, `.gguf` file, or `hf_model=`)."""
-        from loading import load_pretrained
-
-        return load_pretrained(name_or_path, **kwargs)
+        """Load a Hugging Face checkpoint (hub id, local folder, `.gguf` file, or `hf_model=`) as this class."""
+        return load_pretrained(cls, name_or_path, **kwargs)
 
     @classmethod
     def from_pretrained_no_processing(cls, name_or_path=None, **kwargs) -> HookedTransformer:

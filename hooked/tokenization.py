@@ -8,11 +8,13 @@ tokens, and the model computes positions from it, so padding never changes a row
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
     from hooked.model import HookedTransformer
@@ -143,3 +145,88 @@ def left_padding_mask(model: HookedTransformer, tokens: Tensor) -> Int[Tensor, "
         rows = torch.nonzero(count > 0).squeeze(-1)
         leading[rows, count[rows] - 1] = False
     return None if not bool(leading.any()) else (~leading).long()
+
+
+# ---- datasets of token rows (TransformerLens's utils.tokenize_and_concatenate) --------------------
+
+
+class TokenDataset(Dataset):
+    """Rows of tokens from `tokenize_and_concatenate`.
+
+    `ds["tokens"]` is the [n_rows, max_length] tensor; `ds[i]` is `{"tokens": row i}` and `len(ds)`
+    the number of rows, so a torch DataLoader yields `{"tokens": [batch, max_length]}` batches, as
+    with the Hugging Face dataset TransformerLens returned.
+    """
+
+    column_names = ["tokens"]
+
+    def __init__(self, tokens: Int[Tensor, "n_rows max_length"]) -> None:
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index: str | int | slice) -> Any:
+        if isinstance(index, str):
+            if index != "tokens":
+                raise KeyError(f"The only column is 'tokens', not {index!r}.")
+            return self.tokens
+        return {"tokens": self.tokens[index]}
+
+    def __iter__(self):
+        return ({"tokens": row} for row in self.tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenDataset(n_rows={self.tokens.shape[0]}, max_length={self.tokens.shape[1]})"
+
+
+def tokenize_and_concatenate(
+    dataset: Any,
+    tokenizer,
+    streaming: bool = False,
+    max_length: int = 1024,
+    column_name: str = "text",
+    add_bos_token: bool = True,
+    num_proc: int | None = None,
+) -> TokenDataset:
+    """Tokenize every text, join them with EOS between texts, and cut the stream into rows of max_length.
+
+    `dataset` is a string, a list of strings, or anything with a text column: a Hugging Face
+    `datasets.Dataset` (`dataset[column_name]`), or, with `streaming=True` or when it cannot be
+    indexed by column, any iterable of rows (dicts holding `column_name`, or strings). The
+    `datasets` package is not needed. With `add_bos_token`, each row is BOS followed by
+    max_length - 1 tokens of the stream. The tokens that do not fill a last row are dropped.
+    Returns a `TokenDataset`: `result["tokens"]` is the [n_rows, max_length] int64 tensor.
+    (`num_proc` is accepted for compatibility and ignored: a fast tokenizer already runs in parallel.)
+    """
+    texts = _texts(dataset, column_name, streaming)
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    separator = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    pieces = [np.asarray(separator + row if i else row, dtype=np.int64) for i, row in enumerate(ids)]
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    row_length = max_length - 1 if add_bos_token else max_length
+    if row_length < 1:
+        raise ValueError(f"max_length={max_length} leaves no room for tokens after BOS.")
+    n_rows = len(stream) // row_length
+    if n_rows == 0:
+        raise ValueError(f"The dataset has {len(stream)} tokens, fewer than one row of {row_length}; lower max_length.")
+    tokens = torch.from_numpy(stream[: n_rows * row_length]).reshape(n_rows, row_length)
+    if add_bos_token:
+        bos = torch.full((n_rows, 1), bos_token_id(tokenizer), dtype=torch.long)
+        tokens = torch.cat([bos, tokens], dim=1)
+    return TokenDataset(tokens)
+
+
+def _texts(dataset: Any, column_name: str, streaming: bool) -> list[str]:
+    if isinstance(dataset, str):
+        return [dataset]
+    if isinstance(dataset, (list, tuple)) and all(isinstance(text, str) for text in dataset):
+        return list(dataset)
+    if not streaming:
+        try:
+            column = dataset[column_name]
+        except (TypeError, KeyError, IndexError):
+            column = None
+        if column is not None and not isinstance(column, str):
+            return [str(text) for text in column]
+    return [row if isinstance(row, str) else row[column_name] for row in dataset]

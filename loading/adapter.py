@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hooked.config import HookedTransformerConfig, RopeScaling
-from loading.transforms import Copy
+from hooked.loading.transforms import Transform
 
-WeightTable = dict[str, Copy]  # canonical parameter name (with {i} for the layer) -> transform
+from hooked.config import HookedTransformerConfig, RopeScaling
+
+WeightTable = dict[str, Transform]  # canonical parameter name (with {i} for the layer) -> transform
 
 
 class UnsupportedConfigError(ValueError):
@@ -27,9 +28,15 @@ class Adapter:
     weights: Callable[[HookedTransformerConfig], WeightTable]
     ignored: tuple[str, ...] = ()  # regexes of checkpoint tensors that hold no weights (old buffers)
     prefix: str = ""  # prefix of the base model's tensors, added when a checkpoint omits it
+    # Tensors outside the base model (the LM head), which never carry `prefix`.
+    outside_prefix: tuple[str, ...] = ("lm_head.",)
+    # Finds a tensor's layer index in its name (tensors of layers beyond first_n_layers are skipped).
+    layer_index: str = r"\.layers\.(\d+)\."
     # A live model's state dict (hf_model=) under checkpoint names, where transformers lays them out differently.
     live: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
+
+H_LAYERS = r"\.h\.(\d+)\."  # GPT-2-style checkpoints number their blocks `transformer.h.{i}`
 
 ADAPTERS: dict[str, Adapter] = {}
 

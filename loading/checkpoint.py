@@ -1,16 +1,34 @@
 """Where tensors come from: safetensors folders (single file or sharded) and in-memory state dicts.
 
 A checkpoint lists its tensor names and hands out one tensor at a time, so the loader never holds
-more than the tensors it is converting (plus the model it is filling).
+more than the tensors it is converting (plus the model it is filling). `Checkpoint` names that
+interface; `gguf.py` has the GGUF one.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 from safetensors import safe_open
 from torch import Tensor
+
+
+class Checkpoint(Protocol):
+    """What the converter needs of a checkpoint: the names of its tensors, and one tensor by name."""
+
+    def names(self) -> list[str]:
+        """Every tensor name the checkpoint holds, under Hugging Face's names."""
+        ...
+
+    def get(self, name: str) -> Tensor:
+        """The tensor `name`, as stored (the converter casts and places it)."""
+        ...
+
+    def close(self) -> None:
+        """Release open files; the checkpoint is not used afterwards."""
+        ...
 
 
 class SafetensorsCheckpoint:
@@ -61,7 +79,7 @@ class StateDictCheckpoint:
         pass
 
 
-def rename(checkpoint, mapping: dict[str, str]):
+def rename(checkpoint: Checkpoint, mapping: dict[str, str]) -> Checkpoint:
     """A view of `checkpoint` under new names (used to add a missing base-model prefix)."""
 
     class Renamed:

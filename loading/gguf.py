@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf.quants import dequantize
-
-from loading.gguf_format import GGUFFile, open_gguf
+from hooked.loading.gguf_format import GGUFFile, open_gguf
 
 SPECIAL_IDS = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF name, GGUF key name
 
@@ -103,7 +102,7 @@ class Architecture:
 def _llama_config(h: Header) -> dict:
     rope_dims = int(h.get("rope.dimension_count", h.head_dim))
     if rope_dims != h.head_dim:
-        raise ValueError(f"{h.path.name}: rotary over {rope_dims} of {h.head_dim} head dims is not supported.")
+        raise ValueError(f"{h.file.path.name}: rotary over {rope_dims} of {h.head_dim} head dims is not supported.")
     theta = float(h.get("rope.freq_base", 10000.0))
     rope = {"rope_type": "default", "rope_theta": theta}
     scaling = h.get("rope.scaling.type", "none")
@@ -115,20 +114,22 @@ def _llama_config(h: Header) -> dict:
     elif scaling == "linear":
         rope.update(rope_type="linear", factor=float(h.get("rope.scaling.factor", required=True)))
     elif scaling != "none":
-        raise ValueError(f"{h.path.name}: rope scaling {scaling!r} is not supported (supported: none, linear, llama3).")
+        raise ValueError(
+            f"{h.file.path.name}: rope scaling {scaling!r} is not supported (supported: none, linear, llama3)."
+        )
     return {"hidden_act": "silu", "rope_parameters": rope, "mlp_bias": "blk.0.ffn_up.bias" in h.file.tensors}
 
 
 def _gemma3_config(h: Header) -> dict:
     period = h.get("attention.sliding_window_pattern", 6)
     if not isinstance(period, int) or period < 1:
-        raise ValueError(f"{h.path.name}: sliding_window_pattern {period!r} is not supported (a period is).")
+        raise ValueError(f"{h.file.path.name}: sliding_window_pattern {period!r} is not supported (a period is).")
     full = {"rope_type": "default", "rope_theta": float(h.get("rope.freq_base", 1000000.0))}
     scaling = h.get("rope.scaling.type", "none")
     if scaling == "linear":  # the 4B and larger models scale their global layers' rotary
         full.update(rope_type="linear", factor=float(h.get("rope.scaling.factor", required=True)))
     elif scaling != "none":
-        raise ValueError(f"{h.path.name}: rope scaling {scaling!r} is not supported for gemma3 (none, linear).")
+        raise ValueError(f"{h.file.path.name}: rope scaling {scaling!r} is not supported for gemma3 (none, linear).")
     soft_cap = h.get("final_logit_softcapping")
     return {
         "hidden_activation": "gelu_pytorch_tanh",

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import warnings
 
-from loading.gguf import SPECIAL_IDS, GGUFCheckpoint, _meta, read_gguf
-from loading.gguf_format import GGUFFile
+from hooked.loading.gguf import SPECIAL_IDS, GGUFCheckpoint, _meta, read_gguf
+from hooked.loading.gguf_format import GGUFFile
 
 # Pre-tokenizer regexes by `tokenizer.ggml.pre` (llama.cpp's names). GPT-2's is ByteLevel's own;
 # smollm/starcoder/refact also split every digit apart first.

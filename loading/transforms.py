@@ -14,13 +14,14 @@ from torch import Tensor
 from hooked.config import HookedTransformerConfig
 
 
-class Copy:
-    """The tensor as stored."""
+class Transform:
+    """One checkpoint tensor (`key`, with `{i}` for the layer) turned into one canonical parameter.
+    Subclasses define `__call__(tensor, cfg)`; this base returns the tensor as stored."""
 
     def __init__(self, key: str) -> None:
         self.key = key
 
-    def format(self, layer: int) -> Copy:
+    def format(self, layer: int) -> Transform:
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__, key=self.key.format(i=layer))
         return clone
@@ -32,14 +33,18 @@ class Copy:
         return f"{type(self).__name__}({self.key!r})"
 
 
-class Transpose(Copy):
+class Copy(Transform):
+    """The tensor as stored."""
+
+
+class Transpose(Transform):
     """[out, in] (nn.Linear) -> [in, out] (x @ W)."""
 
     def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
         return tensor.T
 
 
-class Heads(Copy):
+class Heads(Transform):
     """An einops rearrangement whose axis sizes name config fields, then an optional index on the
     first output axis (to pick q, k or v out of a fused projection):
     `Heads("...c_attn.weight", "m (three n h) -> three n m h", select=0, three=3, n="n_heads")`."""
@@ -69,7 +74,7 @@ class HeadsCopied(Heads):
         return out.contiguous()
 
 
-class Split(Copy):
+class Split(Transform):
     """Part `index` of a tensor whose first axis concatenates parts of the given sizes (each a product of
     config fields, "n_key_value_heads*d_head"), then an optional einops pattern with axes as in Heads:
     `Split("...qkv_proj.weight", ("n_heads*d_head", "n_key_value_heads*d_head", ...), 1, "(n h) m -> n m h", n=...)`.
@@ -94,14 +99,14 @@ class Split(Copy):
         return f"Split({self.key!r}, {self.sizes}, {self.index}, {self.pattern!r})"
 
 
-class PlusOne(Copy):
+class PlusOne(Transform):
     """w + 1, for RMSNorm weights stored as offsets from one (Gemma's norms multiply by 1 + w). A copy."""
 
     def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
         return (tensor.float() + 1.0).to(tensor.dtype)
 
 
-class RowsFrom(Copy):
+class RowsFrom(Transform):
     """Rows `start:` of the tensor (a view): OPT's learned positions begin at row 2 of its table."""
 
     def __init__(self, key: str, start: int) -> None:

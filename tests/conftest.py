@@ -22,17 +22,20 @@ from transformers import AutoModelForCausalLM
 # left out because their tests check our own error messages for malformed arguments.
 install_import_hook(
     [
+        "hooked.names",
         "hooked.components",
-        "hooked.model",
-        "hooked.activation_cache",
-        "hooked.utils",
+        "hooked.analysis.losses",
+        "hooked.analysis.activation_cache",
+        "hooked.analysis.cache_analysis",
+        "hooked.analysis.frozen_norms",
+        "hooked.analysis.logit_analysis",
+        "hooked.sampling",
+        "hooked.tokenization",
         "hooked.weights",
-        "hooked.cache_analysis",
-        "hooked.frozen_norms",
-        "hooked.logit_analysis",
         "hooked.processing",
         "hooked.generation",
-        "hooked.kv_cache",
+        "hooked.model",
+        "hooked.utils",
     ],
     "beartype.beartype",
 )

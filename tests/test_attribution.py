@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_llama
 
 from hooked import HookedTransformer, HookedTransformerConfig, patching
-from hooked.attribution import attribute_block_every, attribute_heads, attribute_resid, attribution_patch
+from hooked.analysis.attribution import attribute_block_every, attribute_heads, attribute_resid, attribution_patch
 
 GPT2_LIKE = HookedTransformerConfig(d_model=32, n_layers=3, n_heads=4, d_vocab=64, n_ctx=32, initializer_range=0.1)
 LLAMA_LIKE = tiny_llama(n_layers=3, d_vocab=64, n_ctx=32, initializer_range=0.1)

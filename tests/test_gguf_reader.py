@@ -9,12 +9,13 @@ import pytest
 import torch
 from conftest import assert_close, smollm2_path
 from gguf import GGUFWriter
+from hooked.loading.gguf import read_gguf
+from hooked.loading.gguf_format import open_gguf
+from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
+from hooked.loading.pretrained import build
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from loading.gguf import read_gguf
-from loading.gguf_format import open_gguf
-from loading.gguf_tokenizer import tokenizer_from_gguf
-from loading.pretrained import build
+from hooked import HookedTransformer
 
 CONFIG_FIELDS = [
     "vocab_size",
@@ -205,11 +206,12 @@ def finish_gguf(writer: GGUFWriter, path):
     return path
 
 
-def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None, tokenizer=None):
-    """`model` (a LlamaForCausalLM) as llama.cpp would store it, in float32 (or float16 where noted)."""
+def write_gguf(path, model, arch="llama", drop=(), retype=None, rope_freqs=None, tokenizer=None, metadata=None):
+    """`model` (a LlamaForCausalLM) as llama.cpp would store it, in float32 (or float16 where noted).
+    `tokenizer` and `metadata` map GGUFWriter.add_<key> methods to their values."""
     cfg = model.config
     writer = start_gguf(path, arch, cfg, cfg.rope_parameters["rope_theta"])
-    for key, value in (tokenizer or {}).items():
+    for key, value in {**(tokenizer or {}), **(metadata or {})}.items():
         getattr(writer, f"add_{key}")(value)
     for name, tensor in model.state_dict().items():
         if name in drop or (name == "lm_head.weight" and cfg.tie_word_embeddings):
@@ -240,7 +242,7 @@ def test_tiny_file_round_trips_and_runs_like_transformers(tmp_path, tie):
     for field in CONFIG_FIELDS[:-3]:
         assert checkpoint.config[field] == pytest.approx(hf.config.to_dict()[field]), field
 
-    ours = build(checkpoint.config, checkpoint)
+    ours = build(HookedTransformer, checkpoint.config, checkpoint)
     with torch.no_grad():
         for name, tensor in hf.state_dict().items():
             if "v_proj" in name:  # the file holds these in float16
@@ -352,7 +354,7 @@ def test_a_tensor_type_gguf_cannot_dequantize_is_named(tmp_path):
         checkpoint.get_tensor("model.norm.weight")
 
 
-def write_gemma3_gguf(path, model, linear_factor=None):
+def write_gemma3_gguf(path, model, linear_factor=None, metadata=None):
     """A Gemma3ForCausalLM as llama.cpp stores it: Gemma names, norm weights as 1 + w, q/k rows as they are."""
     cfg = model.config
     writer = start_gguf(path, "gemma3", cfg, cfg.rope_parameters["full_attention"]["rope_theta"])
@@ -362,6 +364,8 @@ def write_gemma3_gguf(path, model, linear_factor=None):
     if linear_factor is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(linear_factor)
+    for key, value in (metadata or {}).items():
+        getattr(writer, f"add_{key}")(value)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":  # tied
             continue
@@ -370,8 +374,7 @@ def write_gemma3_gguf(path, model, linear_factor=None):
     return finish_gguf(writer, path)
 
 
-@pytest.mark.parametrize("linear_factor", [None, 8.0])
-def test_tiny_gemma3_file_runs_like_transformers(tmp_path, linear_factor):
+def tiny_gemma3(linear_factor=None):
     """Seven layers, so llama.cpp's fixed pattern (every sixth layer global) and the window both show."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -399,6 +402,12 @@ def test_tiny_gemma3_file_runs_like_transformers(tmp_path, linear_factor):
         for name, param in hf.named_parameters():
             if "norm" in name:
                 param.add_(0.3 * torch.randn_like(param))
+    return hf
+
+
+@pytest.mark.parametrize("linear_factor", [None, 8.0])
+def test_tiny_gemma3_file_runs_like_transformers(tmp_path, linear_factor):
+    hf = tiny_gemma3(linear_factor)
     checkpoint = read_gguf(write_gemma3_gguf(tmp_path / "gemma3.gguf", hf, linear_factor))
     reference = hf.state_dict()
     assert set(checkpoint.tensor_names) == set(reference) - {"lm_head.weight"}
@@ -407,9 +416,36 @@ def test_tiny_gemma3_file_runs_like_transformers(tmp_path, linear_factor):
     for field in ("layer_types", "sliding_window", "head_dim", "query_pre_attn_scalar", "rope_parameters"):
         assert checkpoint.config[field] == hf.config.to_dict()[field], field
 
-    ours = build(checkpoint.config, checkpoint)
+    ours = build(HookedTransformer, checkpoint.config, checkpoint)
     tokens = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
         for name, tensor in hf.state_dict().items():  # what the file holds: (1 + w) - 1 in float32
             tensor.copy_(checkpoint.get_tensor(name) if name in checkpoint.tensor_names else tensor)
         assert_close(ours(tokens), hf(tokens).logits, "logits")
+
+
+UNSUPPORTED_HEADERS = {
+    "llama partial rotary": ("llama", {"rope_dimension_count": 4}, r"llama\.gguf: rotary over 4 of 8 head dims"),
+    "llama yarn": (
+        "llama",
+        {"rope_scaling_type": gguf.RopeScalingType.YARN},
+        r"llama\.gguf: rope scaling 'yarn' is not supported \(supported: none, linear, llama3\)",
+    ),
+    "gemma3 period": ("gemma3", {"sliding_window_pattern": 0}, r"gemma3\.gguf: sliding_window_pattern 0"),
+    "gemma3 yarn": (
+        "gemma3",
+        {"rope_scaling_type": gguf.RopeScalingType.YARN},
+        r"gemma3\.gguf: rope scaling 'yarn' is not supported for gemma3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSUPPORTED_HEADERS))
+def test_unsupported_header_settings_are_named(tmp_path, case):
+    arch, metadata, message = UNSUPPORTED_HEADERS[case]
+    if arch == "llama":
+        path = write_gguf(tmp_path / "llama.gguf", tiny_hf(), metadata=metadata)
+    else:
+        path = write_gemma3_gguf(tmp_path / "gemma3.gguf", tiny_gemma3(), metadata=metadata)
+    with pytest.raises(ValueError, match=message):
+        read_gguf(path)

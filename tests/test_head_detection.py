@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_tokenizer
 
 from hooked import HookedTransformer, HookedTransformerConfig, detect_head
-from hooked.head_detection import (
+from hooked.analysis.head_detection import (
     get_duplicate_token_head_detection_pattern,
     get_induction_head_detection_pattern,
     get_previous_token_head_detection_pattern,

@@ -7,7 +7,7 @@ import torch
 from conftest import assert_close
 
 from hooked import HookedTransformer, HookedTransformerConfig
-from hooked.kv_cache import KVCache
+from hooked.components.kv_cache import KVCache
 
 CONFIGS = {
     "rotary-gqa": HookedTransformerConfig(

@@ -10,7 +10,7 @@ import transformers
 from conftest import assert_close, assert_matches_reference, reference, save_tiny
 
 from hooked import HookedTransformer
-from hooked.kv_cache import KVCache
+from hooked.components.kv_cache import KVCache
 
 V = 97
 SMALL = dict(
@@ -486,12 +486,12 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_config_fields_that_change_numbers_are_refused(case):
-    from loading import UnsupportedConfigError, build
+    from hooked.loading import UnsupportedConfigError, build
 
     name, architecture, fields, message = REFUSED[case]
     hf = config(name, architectures=[architecture], **fields).to_dict()
     with pytest.raises(UnsupportedConfigError, match=message):
-        build(hf, checkpoint=None)
+        build(HookedTransformer, hf, checkpoint=None)
 
 
 def test_config_validates_the_family_fields():

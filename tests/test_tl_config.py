@@ -14,8 +14,8 @@ from conftest import assert_close, tiny_tokenizer
 from torch import nn
 
 from hooked import HookedTransformer, HookedTransformerConfig
+from hooked.components.kv_cache import KVCache
 from hooked.components.norms import RMSNorm, RMSNormPre
-from hooked.kv_cache import KVCache
 
 # ARENA's attention-only induction model (chapter 1.2), exactly as the tutorial configures it.
 ARENA = dict(

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from hooked.components.embeddings import alibi_slopes, apply_rotary, apply_rotary_adjacent
+from hooked.components.kv_cache import LayerKV
 from hooked.components.norms import make_qk_norm
+from hooked.components.positional import alibi_slopes, apply_rotary, apply_rotary_adjacent
 from hooked.config import HookedTransformerConfig
 from hooked.factored_matrix import FactoredMatrix
 from hooked.hook_points import HookPoint
-from hooked.kv_cache import LayerKV
 
-Rotary = tuple[Tensor, Tensor]
+RotaryTables = tuple[Tensor, Tensor]  # (cos, sin), from positional.Rotary
 
 
 def head_weight(n_heads: int, d_in: int, d_out: int) -> nn.Parameter:
@@ -101,7 +101,7 @@ class Attention(nn.Module):
         q_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_heads d_model"],
         k_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_kv_heads d_model"],
         v_input: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos n_kv_heads d_model"],
-        rotary: Rotary | None,
+        rotary: RotaryTables | None,
         mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None,
         past_kv: LayerKV | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:

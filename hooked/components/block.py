@@ -15,16 +15,16 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from hooked.components.attention import Rotary, make_attention
+from hooked.components.attention import RotaryTables, make_attention
+from hooked.components.kv_cache import LayerKV
 from hooked.components.mlp import MLP, GatedMLP
 from hooked.components.moe import MoE
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
-from hooked.kv_cache import LayerKV
 
 # Rotary (cos, sin) tables, or a shortformer position embedding [batch, pos, d_model], or None.
-Position = Rotary | Float[Tensor, "batch pos d_model"] | None
+Position = RotaryTables | Float[Tensor, "batch pos d_model"] | None
 
 
 class Unset:

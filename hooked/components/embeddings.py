@@ -1,9 +1,6 @@
-"""Token embedding, learned absolute positions, rotary positions (Su et al. 2021), ALiBi slopes
-(Press et al. 2021) and unembedding."""
+"""Token embedding, learned absolute positions and unembedding (rotary and ALiBi: `positional.py`)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -61,89 +58,3 @@ class Unembed(nn.Module):
         if self.soft_cap:
             logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
         return self.hook_out(logits)
-
-
-class Rotary(nn.Module):
-    """Computes the cos/sin tables for rotary embeddings from token positions.
-
-    Frequencies follow Hugging Face's `modeling_rope_utils` (default, "linear" and "llama3" rope
-    types). They are recomputed on every call (a few hundred numbers), so the module holds no
-    buffers and a model built on the meta device needs no special handling. The tables are laid
-    out for `apply_rotary` (each angle twice: [f0, f1, ..., f0, f1, ...]) or, with
-    `rotary_adjacent_pairs`, for `apply_rotary_adjacent` ([f0, f0, f1, f1, ...]).
-    `local=True` gives the tables of a model's local layers (their own base, no scaling: Gemma 3).
-    """
-
-    def __init__(self, cfg: HookedTransformerConfig, local: bool = False) -> None:
-        super().__init__()
-        self.rotary_dim = cfg.rotary_dim
-        self.base = cfg.rotary_base_local if local else cfg.rotary_base
-        self.scaling = None if local else cfg.rope_scaling
-        self.adjacent_pairs = cfg.rotary_adjacent_pairs
-
-    def inv_freq(self, device: torch.device) -> Float[Tensor, " half_rotary_dim"]:
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64, device=device).float() / self.rotary_dim
-        inv_freq = 1.0 / (self.base**exponents)
-        s = self.scaling
-        if s is None:
-            return inv_freq
-        if s.kind == "linear":
-            return inv_freq / s.factor
-        # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
-        wavelen = 2 * math.pi / inv_freq
-        low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
-        high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
-        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
-        smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
-            s.high_freq_factor - s.low_freq_factor
-        )
-        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
-        is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-        return torch.where(is_medium, smoothed, scaled)
-
-    def forward(
-        self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
-    ) -> tuple[Float[Tensor, "batch pos rotary_dim"], Float[Tensor, "batch pos rotary_dim"]]:
-        # Angles in float32 (positions up to n_ctx lose precision in half types), then cast.
-        freqs = positions[..., None].float() * self.inv_freq(positions.device)
-        angles = freqs.repeat_interleave(2, dim=-1) if self.adjacent_pairs else torch.cat((freqs, freqs), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(
-    x: Float[Tensor, "batch pos n_heads d_head"], cos: Float[Tensor, "batch pos r"], sin: Float[Tensor, "batch pos r"]
-) -> Float[Tensor, "batch pos n_heads d_head"]:
-    """Rotate the first r dims of each head as pairs (i, i + r/2) (the GPT-NeoX/Llama layout)."""
-    r = cos.shape[-1]
-    rot, rest = x[..., :r], x[..., r:]
-    first, second = rot[..., : r // 2], rot[..., r // 2 :]
-    rotated_half = torch.cat((-second, first), dim=-1)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    rotated = rot * cos + rotated_half * sin
-    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
-
-
-def apply_rotary_adjacent(
-    x: Float[Tensor, "batch pos n_heads d_head"], cos: Float[Tensor, "batch pos r"], sin: Float[Tensor, "batch pos r"]
-) -> Float[Tensor, "batch pos n_heads d_head"]:
-    """Rotate the first r dims of each head as adjacent pairs (2i, 2i + 1) (the GPT-J layout)."""
-    r = cos.shape[-1]
-    rot, rest = x[..., :r], x[..., r:]
-    rotated_pairs = torch.stack((-rot[..., 1::2], rot[..., ::2]), dim=-1).flatten(-2)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    rotated = rot * cos + rotated_pairs * sin
-    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
-
-
-def alibi_slopes(n_heads: int) -> Float[Tensor, " n_heads"]:
-    """Each head's ALiBi slope: a geometric sequence starting at 2^(-8/n) for n a power of two, and for
-    other head counts the closest power of two's sequence followed by every other slope of the next
-    (Press et al. 2021; computed in float32 as BLOOM's reference does)."""
-    closest = 2 ** math.floor(math.log2(n_heads))
-    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
-    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
-    if closest != n_heads:
-        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
-        n_extra = min(closest, n_heads - closest)
-        slopes = torch.cat([slopes, torch.pow(extra_base, torch.arange(1, 1 + 2 * n_extra, 2, dtype=torch.int32))])
-    return slopes

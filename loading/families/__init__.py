@@ -1,6 +1,6 @@
 """Family adapters; importing this package registers them all."""
 
-from loading.families import (  # noqa: F401
+from hooked.loading.families import (  # noqa: F401
     bloom,
     gemma,
     gpt2,

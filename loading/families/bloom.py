@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import H_LAYERS, Adapter, WeightTable, register, require
+from hooked.loading.transforms import Copy, Heads, HeadsCopied, Transpose
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require
-from loading.transforms import Copy, Heads, HeadsCopied, Transpose
 
 
 def bloom_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -68,4 +69,4 @@ def bloom_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"lm_head\.weight",)  # a tied checkpoint may store it
 
-register("BloomForCausalLM", Adapter(bloom_config, bloom_weights, IGNORED, prefix="transformer."))
+register("BloomForCausalLM", Adapter(bloom_config, bloom_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))

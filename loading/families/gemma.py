@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
+from hooked.loading.families.llama import IGNORED, llama_weights
+from hooked.loading.transforms import Copy, PlusOne
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
-from loading.families.llama import IGNORED, llama_weights
-from loading.transforms import Copy, PlusOne
 
 ACTS = ("gelu_pytorch_tanh", "gelu", "gelu_new", "silu", "relu")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import H_LAYERS, Adapter, WeightTable, register, require
+from hooked.loading.transforms import Copy, Heads, Transpose
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require
-from loading.transforms import Copy, Heads, Transpose
 
 
 def gpt2_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -60,4 +61,4 @@ def gpt2_weights(cfg: HookedTransformerConfig) -> WeightTable:
 # Old checkpoints store the causal-mask buffers; a tied checkpoint may also store lm_head.
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
 
-register("GPT2LMHeadModel", Adapter(gpt2_config, gpt2_weights, IGNORED, prefix="transformer."))
+register("GPT2LMHeadModel", Adapter(gpt2_config, gpt2_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
+from hooked.loading.transforms import Copy, Heads, HeadsCopied, Transpose
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
-from loading.transforms import Copy, Heads, HeadsCopied, Transpose
 
 ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 
@@ -76,5 +77,7 @@ def live_names(state: dict[str, Any]) -> dict[str, Any]:
 
 register(
     "GPTNeoXForCausalLM",
-    Adapter(gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox.", live=live_names),
+    Adapter(
+        gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox.", outside_prefix=("embed_out.",), live=live_names
+    ),
 )

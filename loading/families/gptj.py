@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import H_LAYERS, Adapter, WeightTable, register, require
+from hooked.loading.transforms import Copy, Heads, Transpose
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require
-from loading.transforms import Copy, Heads, Transpose
 
 ACTS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 
@@ -64,4 +65,4 @@ def gptj_weights(cfg: HookedTransformerConfig) -> WeightTable:
 # Old checkpoints store the causal-mask buffers; a tied checkpoint may also store lm_head.weight.
 IGNORED = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
 
-register("GPTJForCausalLM", Adapter(gptj_config, gptj_weights, IGNORED, prefix="transformer."))
+register("GPTJForCausalLM", Adapter(gptj_config, gptj_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
+from hooked.loading.transforms import Copy, Heads, Transpose
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
-from loading.transforms import Copy, Heads, Transpose
 
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 

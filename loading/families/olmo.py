@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import Adapter, WeightTable, register
+from hooked.loading.families.llama import IGNORED, llama_config, llama_weights
+from hooked.loading.transforms import Copy
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, register
-from loading.families.llama import IGNORED, llama_config, llama_weights
-from loading.transforms import Copy
 
 
 def olmo_config(hf: dict[str, Any]) -> dict[str, Any]:

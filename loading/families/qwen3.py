@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register
+from hooked.loading.families.llama import IGNORED, llama_config, llama_weights
+from hooked.loading.transforms import Copy
+
 from hooked.config import HookedTransformerConfig
-from loading.adapter import Adapter, WeightTable, attn_type_fields, register
-from loading.families.llama import IGNORED, llama_config, llama_weights
-from loading.transforms import Copy
 
 
 def qwen3_config(hf: dict[str, Any]) -> dict[str, Any]:

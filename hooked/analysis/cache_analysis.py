@@ -43,11 +43,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked.frozen_norms import bias_writes, cached_scale, centers, frozen_norm, through_post_norm
-from hooked.utils import Slice
+from hooked.analysis.frozen_norms import bias_writes, cached_scale, centers, frozen_norm, through_post_norm
+from hooked.names import Slice
 
 if TYPE_CHECKING:
-    from hooked.activation_cache import ActivationCache
+    from hooked.analysis.activation_cache import ActivationCache
 
 Stack = Float[Tensor, "component *batch_and_pos d_model"]
 Part = tuple[list[str], Tensor]  # labels and a [component, *batch, pos, d_model] block of the stack

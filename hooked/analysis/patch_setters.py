@@ -1,7 +1,7 @@
 """Patch setters: write the clean value of one patching target into a corrupted activation.
 
 Each receives one copy of the corrupted activation (edited in place), the target's index (layer
-first, as in TransformerLens) and the whole clean activation. `hooked.patching` re-exports them
+first, as in TransformerLens) and the whole clean activation. `hooked.analysis.patching` re-exports them
 under TransformerLens's names.
 """
 

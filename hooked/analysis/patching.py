@@ -33,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooked.patch_setters import (  # noqa: F401  (re-exported under TransformerLens's names)
+from hooked.analysis.patch_setters import (  # noqa: F401  (re-exported under TransformerLens's names)
     layer_head_dest_src_pos_pattern_patch_setter,
     layer_head_pattern_patch_setter,
     layer_head_pos_pattern_patch_setter,
@@ -41,7 +41,7 @@ from hooked.patch_setters import (  # noqa: F401  (re-exported under Transformer
     layer_pos_head_vector_patch_setter,
     layer_pos_patch_setter,
 )
-from hooked.utils import get_act_name
+from hooked.names import get_act_name
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor | float]
 PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor | None]

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from hooked.cache_analysis import Stack, _renormalize, accumulated_resid, apply_ln_to_stack
+from hooked.analysis.cache_analysis import Stack, _renormalize, accumulated_resid, apply_ln_to_stack
 
 if TYPE_CHECKING:
-    from hooked.activation_cache import ActivationCache
+    from hooked.analysis.activation_cache import ActivationCache
 
 
 def logit_attrs(

@@ -2,8 +2,7 @@
 
 They draw with matplotlib's object API (a `Figure` saved straight to PNG with Agg), so they never
 touch pyplot's global state or the notebook's backend. Every function takes tensors or numpy arrays;
-tensors are detached, cast to float and moved to the CPU first. `hooked.visualization` re-exports them
-beside the attention viewer.
+tensors are detached, cast to float and moved to the CPU first.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Pictures of a model's insides with no JavaScript toolchain: an attention viewer in one HTML file,
-and (from hooked/heatmaps.py, re-exported here) PNG heatmaps for patching grids, head scores and
-logit-lens tables.
+"""An attention viewer in one HTML file, with no JavaScript toolchain.
 
-The attention viewer plays the part CircuitsVis's `attention_patterns` played in TransformerLens
+The viewer plays the part CircuitsVis's `attention_patterns` played in TransformerLens
 notebooks: tokens, a head selector, and on hovering a token, the attention it gives (as the query)
 and receives (as a key). It is one self-contained HTML document (inline CSS and JS, no network, no
 external library); `AttentionView` shows the same thing inline in a Jupyter notebook.
@@ -20,26 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from hooked.heatmaps import (
-    _check_labels,
-    _to_numpy,
-    plot_heatmap,
-    plot_layer_head_grid,
-    plot_layer_pos_grid,
-    plot_logit_lens_table,
-    plot_scatter,
-)
+from hooked.viz.heatmaps import _check_labels, _to_numpy
 
-__all__ = [
-    "AttentionView",
-    "attention_html",
-    "attention_patterns",
-    "plot_heatmap",
-    "plot_layer_head_grid",
-    "plot_layer_pos_grid",
-    "plot_logit_lens_table",
-    "plot_scatter",
-]
+__all__ = ["AttentionView", "attention_html", "attention_patterns"]
 
 
 # ---- the attention viewer ------------------------------------------------------------------------

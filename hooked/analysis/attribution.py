@@ -1,6 +1,6 @@
 """Attribution patching: every activation patch estimated at once from one backward pass.
 
-Activation patching (`hooked.patching`) runs the model once per patched piece. Attribution patching
+Activation patching (`hooked.analysis.patching`) runs the model once per patched piece. Attribution patching
 (Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale"; Syed et al. 2023,
 "Attribution Patching Outperforms Automated Circuit Discovery") replaces each of those runs by the
 first-order Taylor expansion of the metric around the corrupted run:
@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooked.activation_cache import ActivationCache
+from hooked.analysis.activation_cache import ActivationCache
 from hooked.hook_points import NamesFilter, _name_predicate
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]

@@ -21,10 +21,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooked.components.norms import LayerNormPre, RMSNormPre
-from hooked.utils import Slice
+from hooked.names import Slice
 
 if TYPE_CHECKING:
-    from hooked.activation_cache import ActivationCache
+    from hooked.analysis.activation_cache import ActivationCache
 
 Sublayer = Literal["attn", "mlp"]
 POST_NORMS = {"attn": "ln1_post", "mlp": "ln2_post"}  # the norm on each sublayer's output, where a block has one

@@ -1,4 +1,8 @@
-"""ActivationCache: the activations of one run, keyed by hook name, with shorthand lookup."""
+"""The activations of one run, keyed by hook name: lookup by shorthand, and whole-cache operations.
+
+`HookedRootModule.run_with_cache` returns an instance of its `cache_class`: this mapping for any
+module tree, and `ActivationCache` (which adds the residual-stream analysis) for a transformer.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked import cache_analysis, logit_analysis
-from hooked.utils import Slice, get_act_name
+from hooked.names import Slice, get_act_name
 
 
-class ActivationCache(Mapping):
+class CacheMapping(Mapping):
     """A read-only mapping from hook name to tensor.
 
     `cache["pattern", 0]`, `cache["resid_pre", -1]`, `cache["scale"]` and `cache["normalized", 1, "ln2"]`
@@ -58,18 +61,18 @@ class ActivationCache(Mapping):
             return False
 
     def __repr__(self) -> str:
-        return f"ActivationCache with keys {list(self.cache_dict)}"
+        return f"{type(self).__name__} with keys {list(self.cache_dict)}"
 
     # ---- whole-cache operations --------------------------------------------------------------
 
-    def to(self, device: torch.device | str, move_model: bool = False) -> ActivationCache:
+    def to(self, device: torch.device | str, move_model: bool = False) -> CacheMapping:
         """Move every tensor (in place) and return self."""
         self.cache_dict = {name: t.to(device) for name, t in self.cache_dict.items()}
         if move_model:
             self.model.to(device)
         return self
 
-    def remove_batch_dim(self) -> ActivationCache:
+    def remove_batch_dim(self) -> CacheMapping:
         """Drop the batch axis (the run must have had batch size 1). In place; returns self."""
         if not self.has_batch_dim:
             return self
@@ -97,7 +100,7 @@ class ActivationCache(Mapping):
         kept = batch_slice.apply(torch.arange(routed.shape[0], device=routed.device), dim=0).reshape(-1)
         return torch.isin(rows, kept)
 
-    def apply_slice_to_batch_dim(self, batch_slice: Slice | int | tuple | list | None) -> ActivationCache:
+    def apply_slice_to_batch_dim(self, batch_slice: Slice | int | tuple | list | None) -> CacheMapping:
         """A new cache holding only some rows of the batch (an int drops the batch axis)."""
         batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
         if not self.has_batch_dim:
@@ -106,65 +109,9 @@ class ActivationCache(Mapping):
             name: batch_slice.apply(t, dim=0) if self._batched(name) else t[self._routed_rows(name, batch_slice)]
             for name, t in self.cache_dict.items()
         }
-        return ActivationCache(sliced, self.model, has_batch_dim=not isinstance(batch_slice.slice, int))
+        return type(self)(sliced, self.model, has_batch_dim=not isinstance(batch_slice.slice, int))
 
     def toggle_autodiff(self, mode: bool = False) -> None:
         """Globally enable or disable autograd (as TransformerLens's helper did). Cached tensors are
         detached either way; this only governs computations you run on them."""
         torch.set_grad_enabled(mode)
-
-    # ---- residual-stream analysis (each delegates to cache_analysis.py, which documents it) ----
-
-    def accumulated_resid(
-        self, layer=None, incl_mid=False, apply_ln=False, pos_slice=None, mlp_input=False, return_labels=False
-    ):
-        return cache_analysis.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels)
-
-    def decompose_resid(
-        self,
-        layer=None,
-        mlp_input=False,
-        mode="all",
-        apply_ln=False,
-        pos_slice=None,
-        incl_embeds=True,
-        return_labels=False,
-    ):
-        return cache_analysis.decompose_resid(
-            self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels
-        )
-
-    def compute_head_results(self) -> None:
-        cache_analysis.compute_head_results(self)
-
-    def stack_head_results(self, layer=-1, return_labels=False, incl_remainder=False, pos_slice=None, apply_ln=False):
-        return cache_analysis.stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln)
-
-    def stack_activation(self, activation_name, layer=-1, sublayer_type=None):
-        return cache_analysis.stack_activation(self, activation_name, layer, sublayer_type)
-
-    def get_neuron_results(self, layer, neuron_slice=None, pos_slice=None):
-        return cache_analysis.get_neuron_results(self, layer, neuron_slice, pos_slice)
-
-    def stack_neuron_results(
-        self, layer, pos_slice=None, neuron_slice=None, return_labels=False, incl_remainder=False, apply_ln=False
-    ):
-        return cache_analysis.stack_neuron_results(
-            self, layer, pos_slice, neuron_slice, return_labels, incl_remainder, apply_ln
-        )
-
-    def apply_ln_to_stack(self, stack, layer=None, mlp_input=False, pos_slice=None):
-        return cache_analysis.apply_ln_to_stack(self, stack, layer, mlp_input, pos_slice)
-
-    def logit_attrs(self, stack, tokens, incorrect_tokens=None, pos_slice=None):
-        return logit_analysis.logit_attrs(self, stack, tokens, incorrect_tokens, pos_slice)
-
-    def get_full_resid_decomposition(
-        self, layer=None, mlp_input=False, expand_neurons=True, apply_ln=False, pos_slice=None, return_labels=False
-    ):
-        return cache_analysis.get_full_resid_decomposition(
-            self, layer, mlp_input, expand_neurons, apply_ln, pos_slice, return_labels
-        )
-
-    def logit_lens(self, layer=None, incl_mid=False, pos_slice=None, mlp_input=False, return_labels=False):
-        return logit_analysis.logit_lens(self, layer, incl_mid, pos_slice, mlp_input, return_labels)

@@ -1,0 +1,136 @@
+"""Converting a checkpoint into a model: the family's config mapping and weight table, applied tensor by tensor.
+
+The Hugging Face model is never built. Each canonical parameter is produced from its checkpoint
+tensor by the family's weight table; every checkpoint tensor must be consumed or explicitly
+ignored, and every parameter produced, or loading fails before a model is returned. The model class
+is handed in (`cls(cfg)`, as transformers' `from_pretrained` builds its class), so this layer never
+imports the model and a subclass loads as itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, TypeVar
+
+import torch
+from hooked.loading.adapter import ADAPTERS, Adapter
+from hooked.loading.checkpoint import Checkpoint, rename
+from torch import nn
+from tqdm import tqdm
+
+from hooked.config import HookedTransformerConfig
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match what its config says the model is."""
+
+
+def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
+    architecture = (hf_config.get("architectures") or [None])[0]
+    if architecture not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"Architecture {architecture!r} is not supported. Supported: {', '.join(sorted(ADAPTERS))}."
+        )
+    return architecture, ADAPTERS[architecture]
+
+
+def build(
+    cls: type[M],
+    hf_config: dict[str, Any],
+    checkpoint: Checkpoint,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = torch.device("cpu"),
+    n_ctx: int | None = None,
+    first_n_layers: int | None = None,
+) -> M:
+    """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
+    architecture, adapter = adapter_for(hf_config)
+    fields = adapter.config(hf_config)
+    if n_ctx is not None:
+        if fields["positional_embedding_type"] == "standard" and n_ctx > fields["n_ctx"]:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the {fields['n_ctx']} learned positions of this model.")
+        fields["n_ctx"] = n_ctx
+    if first_n_layers is not None:
+        fields["n_layers"] = first_n_layers
+    cfg = HookedTransformerConfig(
+        **fields,
+        original_architecture=architecture,
+        model_name=hf_config.get("_name_or_path") or architecture,
+        device=str(device),
+        dtype=dtype,
+    )
+    table = {
+        name.format(i=layer): t.format(layer)
+        for name, t in adapter.weights(cfg).items()
+        for layer in (range(cfg.n_layers) if "{i}" in name else [0])
+    }
+    checkpoint = _with_prefix(checkpoint, adapter)
+    _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
+
+    with torch.device("meta"):
+        model = cls(cfg)
+    remaining = Counter(t.key for t in table.values())
+    loaded: dict[str, torch.Tensor] = {}
+    # tqdm shows progress only on a terminal (disable=None), so logs and tests stay clean.
+    for name, transform in tqdm(table.items(), desc="Loading weights", unit="tensor", disable=None, leave=False):
+        key = transform.key
+        if key not in loaded:
+            loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
+        tensor = transform(loaded[key], cfg)
+        remaining[key] -= 1
+        if not remaining[key]:
+            del loaded[key]  # the parameters keep views of it; this is the loader's last reference
+        _set_parameter(model, name, tensor, key)
+    unset = [name for name, p in model.named_parameters() if p.is_meta]
+    if unset:
+        raise CheckpointMismatchError(f"{architecture}: no checkpoint tensor produced {', '.join(unset)}.")
+    return model
+
+
+def _with_prefix(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
+    names, prefix = checkpoint.names(), adapter.prefix
+    if not prefix or any(name.startswith(prefix) for name in names):
+        return checkpoint
+    return rename(checkpoint, {(n if n.startswith(adapter.outside_prefix) else prefix + n): n for n in names})
+
+
+def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:
+    wanted = {t.key for t in table.values()}
+    missing = sorted(wanted - set(names))
+    ignored = re.compile("|".join(f"(?:{p})" for p in adapter.ignored) or "(?!)")
+
+    def dropped_layer(name: str) -> bool:  # layers beyond first_n_layers
+        match = re.search(adapter.layer_index, name)
+        return match is not None and int(match.group(1)) >= n_layers
+
+    unexpected = sorted(n for n in names if n not in wanted and not ignored.fullmatch(n) and not dropped_layer(n))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:20])}" + (" ..." if len(missing) > 20 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:20])}" + (" ..." if len(unexpected) > 20 else ""))
+    if problems:
+        raise CheckpointMismatchError(
+            "The checkpoint does not match its config: "
+            + "; ".join(problems)
+            + ". Is config.json from the same model as the weights?"
+        )
+
+
+def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor, source: str) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    expected = getattr(module, leaf)
+    if expected is None or tuple(expected.shape) != tuple(tensor.shape):
+        shape = None if expected is None else tuple(expected.shape)
+        raise CheckpointMismatchError(
+            f"{source} gives {name} the shape {tuple(tensor.shape)}, but the config implies {shape}."
+        )
+    setattr(module, leaf, nn.Parameter(tensor))
