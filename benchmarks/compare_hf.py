@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hooked.loading.gguf import read_gguf
-from hooked.loading.pretrained import gguf_file
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from hooked import HookedTransformer
+from hooked.loading.gguf import read_gguf
+from hooked.loading.pretrained import gguf_file
 
 BATCH, SEQ = 8, 128
 

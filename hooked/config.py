@@ -40,7 +40,27 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192  # llama3 only
 
 
-@dataclass(frozen=True)
+# Fields TransformerLens code writes on a live model (`model.cfg.default_prepend_bos = False`, circuit-tracer's
+# `model.cfg.output_logits_soft_cap = 0.0`): settings read at run time, not sizes a model was built with.
+RUNTIME_FIELDS = frozenset(
+    {
+        "output_logits_soft_cap",
+        "default_prepend_bos",
+        "use_attn_result",
+        "use_split_qkv_input",
+        "use_hook_mlp_in",
+        "use_attn_in",
+        "use_hook_tokens",
+        "model_name",
+        "tokenizer_name",
+        "seed",
+        "device",
+        "dtype",
+    }
+)
+
+
+@dataclass(eq=True)
 class HookedTransformerConfig:
     d_model: int  # width of the residual stream
     n_layers: int  # number of transformer blocks
@@ -114,6 +134,7 @@ class HookedTransformerConfig:
     use_split_qkv_input: bool = field(default=False, compare=False)
     use_hook_mlp_in: bool = field(default=False, compare=False)
     use_attn_in: bool = field(default=False, compare=False)
+    use_hook_tokens: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in _DERIVED_INTS:
@@ -139,6 +160,28 @@ class HookedTransformerConfig:
         if isinstance(self.attn_types, list):  # same values, made hashable like the rest of the config
             object.__setattr__(self, "attn_types", tuple(self.attn_types))
         self._validate()
+        object.__setattr__(self, "_built", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Architecture facts are fixed once the config exists (the model's weights were shaped by them);
+        # the run-time settings in RUNTIME_FIELDS can be changed in place, as TransformerLens code does.
+        if not self.__dict__.get("_built") or name in RUNTIME_FIELDS:
+            if name == "output_logits_soft_cap" and value < 0:
+                raise ValueError(f"output_logits_soft_cap must be positive (or 0 for none), got {value}.")
+            object.__setattr__(self, name, value)
+            return
+        raise dataclasses.FrozenInstanceError(
+            f"cfg.{name} is an architecture fact of a built model and cannot be changed in place; build a new "
+            f"model from cfg.replace({name}=...). Settable at run time: {', '.join(sorted(RUNTIME_FIELDS))}."
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cfg.{name} cannot be deleted.")
+
+    def __hash__(self) -> int:
+        return hash(
+            tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.compare and f.name not in RUNTIME_FIELDS)
+        )
 
     def _validate(self) -> None:
         for name, choices in _literal_fields().items():

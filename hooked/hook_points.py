@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -44,21 +43,26 @@ class HookPoint(nn.Module):
         self._forward_hook_fns: dict[int, HookFn] = {}  # handle id -> the user's function
 
     @property
-    def has_hooks(self) -> bool:
-        """Whether any forward or backward hook is attached (components use it to pick a fast path)."""
-        return bool(self._handles)
+    def has_hooks(self) -> HookQuery:
+        """Whether hooks are attached: true when any forward or backward hook is (ours, or a plain PyTorch
+        hook registered on this module), and callable as TransformerLens's method,
+        `has_hooks(dir="fwd", including_permanent=False, level=None)`, to ask about some of them."""
+        return HookQuery(self)
 
     @property
     def has_editing_hooks(self) -> bool:
         """Whether a hook may change the activation: any backward hook, or a forward hook not marked
-        read-only (caching hooks are), lets components skip work a pure observer cannot need."""
-        return bool(self._backward_hooks) or any(
-            not getattr(fn, "read_only", False) for fn in self._forward_hook_fns.values()
+        read-only (caching hooks are), lets components skip work a pure observer cannot need. A plain
+        PyTorch hook, whose intent is unknown, counts as editing."""
+        if self.has_backward_hooks or self._forward_pre_hooks:
+            return True
+        return any(
+            not getattr(self._forward_hook_fns.get(handle_id), "read_only", False) for handle_id in self._forward_hooks
         )
 
     @property
     def has_backward_hooks(self) -> bool:
-        return bool(self._backward_hooks)
+        return bool(self._backward_hooks or self._backward_pre_hooks)
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -85,9 +89,7 @@ class HookPoint(nn.Module):
         elif dir == "bwd":
             # Registering a full backward hook on an identity module makes autograd hand us the
             # gradient of the activation itself.
-            wrapped = self._wrap_backward(fn)
-            handle = self.register_full_backward_hook(wrapped, prepend=prepend)
-            wrapped.handle_id = handle.id
+            handle = self.register_full_backward_hook(self._wrap_backward(fn), prepend=prepend)
         else:
             raise ValueError(f"dir must be 'fwd' or 'bwd', got {dir!r}.")
         self._handles.append((handle, is_permanent, level))
@@ -132,15 +134,9 @@ class HookPoint(nn.Module):
 
     def _wrap_backward(self, fn: HookFn):
         def backward_hook(module: nn.Module, grad_input, grad_output) -> tuple[Tensor] | None:
-            # Autograd keeps the hooks a forward saw; one removed since (its hooks() context ended before
-            # .backward()) must not run, but is not skipped silently either.
-            if backward_hook.handle_id not in self._backward_hooks:
-                warnings.warn(
-                    f"A backward hook on {self.name!r} was removed before .backward() ran, so it did not run; "
-                    "call .backward() inside the hooks() context (or use run_with_cache(incl_bwd=True)).",
-                    stacklevel=2,
-                )
-                return None
+            # Autograd keeps the backward hooks a forward pass saw, so a hook attached during a forward runs in
+            # that pass's backward even when its hooks() context has ended (TransformerLens's behaviour, which
+            # circuit-tracer relies on); a forward run after the hook was removed no longer sees it.
             grad = grad_output[0]
             result = fn(grad, self)
             if result is None:
@@ -157,6 +153,60 @@ class HookPoint(nn.Module):
             return (result,)
 
         return backward_hook
+
+
+class HookQuery:
+    """`hook_point.has_hooks`: truthy when any hook is attached, and callable with TransformerLens's filters."""
+
+    def __init__(self, point: HookPoint) -> None:
+        self.point = point
+
+    def __bool__(self) -> bool:
+        p = self.point
+        return bool(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks)
+
+    def __call__(
+        self, dir: Direction | Literal["both"] = "both", including_permanent: bool = True, level: int | None = None
+    ) -> bool:
+        """Whether hooks of direction `dir` (and of `hooks()` level `level`, if given) are attached; permanent
+        ones count only with `including_permanent`."""
+        for handle, permanent, hook_level in self.point._handles:
+            is_fwd = handle.id in self.point._forward_hooks
+            if dir != "both" and (dir == "fwd") != is_fwd:
+                continue
+            if (level is None or hook_level == level) and (including_permanent or not permanent):
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+
+def is_hook_point(module: nn.Module) -> bool:
+    """A HookPoint, ours or another library's of the same interface (TransformerLens's, as SAELens puts back)."""
+    if isinstance(module, HookPoint):
+        return True
+    return not isinstance(module, HookedRootModule) and all(
+        callable(getattr(module, method, None)) for method in ("add_hook", "remove_hooks", "layer")
+    )
+
+
+def listening(point: nn.Module) -> bool:
+    """Whether anything at a hook's place wants its activation: a HookPoint with hooks attached, or any other
+    module put in its place (an SAE wrapper, say). Components skip the work of an unwanted activation."""
+    if isinstance(point, HookPoint):
+        return bool(point.has_hooks)
+    return True
+
+
+def may_edit(point: nn.Module) -> bool:
+    """Whether what is at a hook's place may change the activation (see HookPoint.has_editing_hooks)."""
+    return point.has_editing_hooks if isinstance(point, HookPoint) else True
+
+
+def wants_gradient(point: nn.Module) -> bool:
+    """Whether what is at a hook's place has backward hooks (or may: a module put in its place)."""
+    return point.has_backward_hooks if isinstance(point, HookPoint) else True
 
 
 def _name_predicate(names: NamesFilter) -> Callable[[str], bool]:
@@ -188,7 +238,7 @@ class HookedRootModule(nn.Module):
                 continue
             module.name = name  # type: ignore[assignment]
             self.mod_dict[name] = module
-            if isinstance(module, HookPoint):
+            if is_hook_point(module):
                 self.hook_dict[name] = module
 
     def hook_points(self) -> Iterator[HookPoint]:
@@ -274,11 +324,8 @@ class HookedRootModule(nn.Module):
         clear_contexts: bool = False,
         **model_kwargs,
     ):
-        """Run the forward pass with temporary hooks, given as (name or filter, fn) pairs."""
-        if bwd_hooks and reset_hooks_end:
-            # Backward hooks fire during a later .backward(); removing them at the end of forward
-            # would silently drop them.
-            raise ValueError("Backward hooks need reset_hooks_end=False (call model.reset_hooks() after backward).")
+        """Run the forward pass with temporary hooks, given as (name or filter, fn) pairs. Backward hooks
+        fire when the returned output is back-propagated, even after this call has removed them."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
 
@@ -301,9 +348,9 @@ class HookedRootModule(nn.Module):
         def store(key: str):
             def hook(tensor: Tensor, hook: HookPoint) -> None:
                 kept = tensor.detach()
-                if pos_slice is not None and hook.batch_axis:
+                if pos_slice is not None and getattr(hook, "batch_axis", True):
                     kept = slicer.apply(kept, dim=position_axis(hook.name, kept))
-                if remove_batch_dim and hook.batch_axis:
+                if remove_batch_dim and getattr(hook, "batch_axis", True):
                     kept = kept[0]
                 cache[key] = kept.to(device) if device is not None else kept
 

@@ -48,13 +48,20 @@ def _named_tokenizer(name: str):
 class HookedTransformer(WeightsMixin, HookedRootModule):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
 
-    def __init__(self, cfg: HookedTransformerConfig | Mapping, tokenizer=None) -> None:
+    def __init__(
+        self,
+        cfg: HookedTransformerConfig | Mapping,
+        tokenizer=None,
+        move_to_device: bool = True,
+        default_padding_side: tokenization.PaddingSide = "right",
+    ) -> None:
         """A randomly initialized model (use `from_pretrained` for trained weights).
 
         `cfg` may also be a dict of config fields, as TransformerLens allowed. Its TransformerLens fields
         take effect here: `tokenizer_name` loads that tokenizer when none is passed, `seed` makes the init
         reproducible, `init_weights=False` skips it (for `load_state_dict`, which also takes
-        TransformerLens's state dicts: see `tl_state_dict.py`), `device` and `dtype` place the model.
+        TransformerLens's state dicts: see `tl_state_dict.py`), `device` and `dtype` place the model
+        (`move_to_device=False` leaves it on the CPU, as in TransformerLens).
         """
         super().__init__()
         if isinstance(cfg, Mapping):
@@ -63,8 +70,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         if tokenizer is None and cfg.tokenizer_name is not None:
             tokenizer = _named_tokenizer(cfg.tokenizer_name)
         self.tokenizer = tokenizer
-        self.default_prepend_bos = cfg.default_prepend_bos
-        self.default_padding_side = "right"
+        self.default_padding_side = default_padding_side
 
         self.hook_tokens = HookPoint()  # [batch, pos]
         self.embed = Embed(cfg)
@@ -82,7 +88,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         self.register_load_state_dict_pre_hook(accept_transformerlens_keys)
         if self.embed.W_E.device.type != "meta":  # a loader builds on meta, then sets every weight itself
             if cfg.device is not None or cfg.dtype is not None:
-                self.to(device=cfg.device, dtype=cfg.dtype)
+                self.to(device=cfg.device if move_to_device else None, dtype=cfg.dtype)
             if cfg.init_weights:
                 self.init_weights()
             elif cfg.tie_word_embeddings:
@@ -145,6 +151,8 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         """
         if isinstance(input, (str, list)):
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
+        elif isinstance(input, Tensor) and input.ndim == 1 and start_at_layer is None:
+            input = input.unsqueeze(0)  # one sequence of ids (TransformerLens added the batch axis too)
         elif attention_mask is None and start_at_layer is None and past_kv_cache is None:
             attention_mask = tokenization.left_padding_mask(self, input)
         if past_kv_cache is not None and (start_at_layer or stop_at_layer is not None):
@@ -169,6 +177,8 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
                 raise ValueError("logits_to_keep computes only some logits, so it cannot give a loss.")
             residual = residual[:, -logits_to_keep:]
         logits = self.unembed(self.ln_final(residual))
+        if cap := self.cfg.output_logits_soft_cap:  # read at run time: code may set it (circuit-tracer sets 0)
+            logits = torch.tanh(logits / cap) * cap
         if return_type == "logits":
             return logits
         if return_type is None:
@@ -181,6 +191,30 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         if return_type == "both":
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
+
+    def input_to_embed(
+        self,
+        input: str | list[str] | Int[Tensor, "batch pos"],
+        prepend_bos: bool | None = None,
+        padding_side: tokenization.PaddingSide | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        past_kv_cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """TransformerLens's first step of the forward pass: (the residual entering block 0, the tokens, a
+        shortformer model's position embedding or None, the attention mask or None where none is needed)."""
+        if isinstance(input, (str, list)):
+            tokens, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
+        else:
+            tokens = input.unsqueeze(0) if input.ndim == 1 else input
+            if attention_mask is None and past_kv_cache is None:
+                attention_mask = tokenization.left_padding_mask(self, tokens)
+        residual, positions, _ = self._embed(tokens, attention_mask, past_kv_cache)
+        shortformer = None
+        if self.cfg.positional_embedding_type == "shortformer":
+            shortformer = self.hook_pos_embed(self.pos_embed(positions))
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        return residual, tokens.to(residual.device), shortformer, attention_mask
 
     def _embed(self, tokens: Tensor, attention_mask: Tensor | None, cache: KVCache | None):
         if tokens.ndim == 1:
@@ -277,6 +311,21 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             self.tokenizer.padding_side = side
 
     @property
+    def default_prepend_bos(self) -> bool:
+        """Whether strings get a BOS token unless a call says otherwise (kept in cfg, as TransformerLens did)."""
+        return self.cfg.default_prepend_bos
+
+    @default_prepend_bos.setter
+    def default_prepend_bos(self, value: bool) -> None:
+        self.cfg.default_prepend_bos = bool(value)
+
+    @property
+    def n_params_total(self) -> int:
+        """Every parameter's element count (embeddings, biases and norms included); cfg.n_params counts
+        only the attention and MLP weight matrices, TransformerLens's scaling-laws convention."""
+        return sum(p.numel() for p in self.parameters())
+
+    @property
     def device(self) -> torch.device:
         return self.embed.W_E.device
 
@@ -286,8 +335,13 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
 
     # ---- tokens (see tokenization.py) --------------------------------------------------------
 
-    def to_tokens(self, input, prepend_bos=None, padding_side=None, truncate=True) -> Int[Tensor, "batch pos"]:
-        return tokenization.tokenize(self, input, prepend_bos, padding_side, truncate)[0]
+    def to_tokens(
+        self, input, prepend_bos=None, padding_side=None, move_to_device: bool = True, truncate: bool = True
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids [batch, pos] of a string or a batch of strings, on the model's device (on the CPU with
+        `move_to_device=False`); None for prepend_bos / padding_side means the model's default."""
+        tokens = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate)[0]
+        return tokens if move_to_device else tokens.cpu()
 
     def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
         return tokenization.to_str_tokens(self, input, prepend_bos, padding_side)
@@ -365,12 +419,18 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
 
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Accepted for TransformerLens code; nothing to switch: hooks on attn.hook_result always work."""
+        self.cfg.use_attn_result = bool(use_attn_result)  # recorded for code that reads it; hooks work either way
 
     def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
         """Accepted for TransformerLens code; hook_q_input / hook_k_input / hook_v_input always work."""
+        self.cfg.use_split_qkv_input = bool(
+            use_split_qkv_input
+        )  # recorded for code that reads it; hooks work either way
 
     def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
         """Accepted for TransformerLens code; hook_mlp_in always works."""
+        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)  # recorded for code that reads it; hooks work either way
 
     def set_use_attn_in(self, use_attn_in: bool) -> None:
         """Accepted for TransformerLens code; hook_attn_in always works."""
+        self.cfg.use_attn_in = bool(use_attn_in)  # recorded for code that reads it; hooks work either way

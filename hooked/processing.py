@@ -18,6 +18,7 @@ SVDs of `refactor_factored_attn_matrices` run in float64.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -89,8 +90,7 @@ def center_writing_weights(model: HookedTransformer) -> None:
     W_U first, so the unembedding is not changed with W_E.
     """
     _check_standard(model, "center_writing_weights")
-    norms = [("ln_final", model.ln_final)]
-    norms += [(f"blocks.{i}.{name}", getattr(b, name)) for i, b in enumerate(model.blocks) for name in ("ln1", "ln2")]
+    norms = _residual_norms(model)
     not_layer_norm = [name for name, norm in norms if not isinstance(norm, LayerNorm)]
     if not_layer_norm:
         raise ValueError(
@@ -211,9 +211,19 @@ def process_weights_(
     """Apply the requested steps in TransformerLens's order; a step that is not exact for this model raises.
 
     Each step keeps the log-probabilities, so together they do (see each step for what else changes).
-    RMSNorm models need `center_writing_weights=False`; rotary and grouped-query models need
-    `refactor_factored_attn_matrices=False`.
+    On a model whose residual readers are not all LayerNorms (RMSNorm models), `center_writing_weights`
+    would not be exact: it is skipped with a warning, as TransformerLens did, so notebooks that pass the
+    same flags for every model still run (calling `center_writing_weights(model)` itself raises). Rotary
+    and grouped-query models need `refactor_factored_attn_matrices=False`.
     """
+    if center_writing_weights and not _all_layer_norms(model):
+        warnings.warn(
+            "center_writing_weights=True skipped: it is exact only when every reader of the residual stream is "
+            f"a LayerNorm, and this model's norms are {model.cfg.normalization_type!r}. Pass "
+            "center_writing_weights=False to silence this.",
+            stacklevel=2,
+        )
+        center_writing_weights = False
     requested = {
         "fold_ln": fold_ln,
         "center_writing_weights": center_writing_weights,
@@ -227,6 +237,18 @@ def process_weights_(
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _residual_norms(model: HookedTransformer) -> list[tuple[str, nn.Module]]:
+    """The norms that read the residual stream, by name."""
+    norms = [("ln_final", model.ln_final)]
+    for i, block in enumerate(model.blocks):
+        norms += [(f"blocks.{i}.{name}", getattr(block, name)) for name in ("ln1", "ln2") if hasattr(block, name)]
+    return norms
+
+
+def _all_layer_norms(model: HookedTransformer) -> bool:
+    return all(isinstance(norm, LayerNorm) for _, norm in _residual_norms(model))
 
 
 def _check_standard(model: HookedTransformer, step: str) -> None:

@@ -20,7 +20,13 @@ from hooked.names import Slice, get_act_name
 from hooked.sampling import sample_logits
 from hooked.tokenization import TokenDataset, tokenize_and_concatenate
 
+# TransformerLens's marker for "use the model's default" (its value is None, as here).
+USE_DEFAULT_VALUE = None
+
 __all__ = [
+    "USE_DEFAULT_VALUE",
+    "get_device",
+    "get_tokens_with_bos_removed",
     "Slice",
     "TokenDataset",
     "gelu_fast",
@@ -111,3 +117,27 @@ def test_prompt(
 
 
 test_prompt.__test__ = False  # a helper named test_*, not a test: pytest must not collect it when imported
+
+
+def get_device() -> torch.device:
+    """The best device torch sees: CUDA, then Apple's MPS, then the CPU (TransformerLens's helper)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_tokens_with_bos_removed(tokenizer, tokens: Tensor) -> Tensor:
+    """`tokens` [batch, pos] without each row's BOS: the first column when padding is on the right, else each
+    row's first real token (the one after its left padding). Rows keep their length minus one."""
+    if tokenizer.padding_side != "left":
+        return tokens[..., 1:]
+    pad = tokenizer.pad_token_id
+    first_real = (tokens != pad).int().argmax(-1) if pad is not None else torch.zeros(len(tokens), dtype=torch.long)
+    if pad is not None and pad == tokenizer.bos_token_id:
+        # BOS doubles as padding: the BOS is the last of the leading run of pad ids.
+        first_real = ((tokens != pad).int().cumsum(-1) == 0).sum(-1) - 1
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    keep[torch.arange(len(tokens)), first_real.clamp(min=0)] = False
+    return tokens[keep].reshape(tokens.shape[0], tokens.shape[1] - 1)

@@ -9,7 +9,7 @@ through a family's `adapter.py` table in `families/`, with `transforms.py` resha
 from hooked.loading import families  # noqa: F401  (registers the adapters)
 from hooked.loading.adapter import ADAPTERS, Adapter, UnsupportedConfigError, register
 from hooked.loading.convert import CheckpointMismatchError, UnsupportedArchitectureError, build
-from hooked.loading.pretrained import load_pretrained
+from hooked.loading.pretrained import load_pretrained, pretrained_config
 
 __all__ = [
     "ADAPTERS",
@@ -19,5 +19,6 @@ __all__ = [
     "UnsupportedConfigError",
     "build",
     "load_pretrained",
+    "pretrained_config",
     "register",
 ]

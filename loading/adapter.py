@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hooked.loading.transforms import Transform
-
 from hooked.config import HookedTransformerConfig, RopeScaling
+from hooked.loading.transforms import Transform
 
 WeightTable = dict[str, Transform]  # canonical parameter name (with {i} for the layer) -> transform
 

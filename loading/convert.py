@@ -14,12 +14,12 @@ from collections import Counter
 from typing import Any, TypeVar
 
 import torch
-from hooked.loading.adapter import ADAPTERS, Adapter
-from hooked.loading.checkpoint import Checkpoint, rename
 from torch import nn
 from tqdm import tqdm
 
 from hooked.config import HookedTransformerConfig
+from hooked.loading.adapter import ADAPTERS, Adapter
+from hooked.loading.checkpoint import Checkpoint, rename
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -41,6 +41,31 @@ def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
     return architecture, ADAPTERS[architecture]
 
 
+def model_config(
+    hf_config: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device = torch.device("cpu"),
+    n_ctx: int | None = None,
+    first_n_layers: int | None = None,
+) -> HookedTransformerConfig:
+    """The HookedTransformerConfig of a Hugging Face config, through its family's adapter."""
+    architecture, adapter = adapter_for(hf_config)
+    fields = adapter.config(hf_config)
+    if n_ctx is not None:
+        if fields["positional_embedding_type"] == "standard" and n_ctx > fields["n_ctx"]:
+            raise ValueError(f"n_ctx={n_ctx} exceeds the {fields['n_ctx']} learned positions of this model.")
+        fields["n_ctx"] = n_ctx
+    if first_n_layers is not None:
+        fields["n_layers"] = first_n_layers
+    return HookedTransformerConfig(
+        **fields,
+        original_architecture=architecture,
+        model_name=hf_config.get("_name_or_path") or architecture,
+        device=str(device),
+        dtype=dtype,
+    )
+
+
 def build(
     cls: type[M],
     hf_config: dict[str, Any],
@@ -52,20 +77,7 @@ def build(
 ) -> M:
     """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
     architecture, adapter = adapter_for(hf_config)
-    fields = adapter.config(hf_config)
-    if n_ctx is not None:
-        if fields["positional_embedding_type"] == "standard" and n_ctx > fields["n_ctx"]:
-            raise ValueError(f"n_ctx={n_ctx} exceeds the {fields['n_ctx']} learned positions of this model.")
-        fields["n_ctx"] = n_ctx
-    if first_n_layers is not None:
-        fields["n_layers"] = first_n_layers
-    cfg = HookedTransformerConfig(
-        **fields,
-        original_architecture=architecture,
-        model_name=hf_config.get("_name_or_path") or architecture,
-        device=str(device),
-        dtype=dtype,
-    )
+    cfg = model_config(hf_config, dtype, device, n_ctx, first_n_layers)
     table = {
         name.format(i=layer): t.format(layer)
         for name, t in adapter.weights(cfg).items()

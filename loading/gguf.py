@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf.quants import dequantize
+
 from hooked.loading.gguf_format import GGUFFile, open_gguf
 
 SPECIAL_IDS = (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))  # HF name, GGUF key name

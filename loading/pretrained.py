@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from hooked.config import HookedTransformerConfig
 from hooked.loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint
-from hooked.loading.convert import M, adapter_for, build
+from hooked.loading.convert import M, adapter_for, build, model_config
 from hooked.loading.gguf import read_gguf
 from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
 from hooked.loading.resolve import folder_tokenizer, gguf_file, read_config, resolve, tokenizer_setting
-from torch import nn
-
 from hooked.processing import process_weights_
 
 PROCESSING_FLAGS = (
@@ -48,6 +49,14 @@ def load_pretrained(
         dtype = kwargs.pop("torch_dtype")
     prepend_bos = kwargs.pop("default_prepend_bos", None)
     padding_side = kwargs.pop("default_padding_side", "right")
+    if "model_name" in kwargs:  # TransformerLens's name for the first argument (SAELens passes it so)
+        if name_or_path is not None:
+            raise TypeError("from_pretrained got both name_or_path and model_name; pass one of them.")
+        name_or_path = kwargs.pop("model_name")
+    if not kwargs.pop("move_to_device", True):  # TransformerLens's switch: False leaves the model on the CPU
+        device = "cpu"
+    if (n_devices := kwargs.pop("n_devices", 1)) != 1:
+        raise NotImplementedError(f"n_devices={n_devices}: a model is placed on one device; pass n_devices=1.")
     if kwargs:
         raise TypeError(f"from_pretrained got unexpected arguments: {', '.join(sorted(kwargs))}.")
     dtype = as_dtype(dtype)
@@ -88,6 +97,31 @@ def load_pretrained(
     # does not: a model trained without BOS reads a leading BOS as an odd first token.
     model.default_prepend_bos = prepend_bos if prepend_bos is not None else True if add_bos is None else bool(add_bos)
     return model
+
+
+def pretrained_config(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str | None = None,
+    n_ctx: int | None = None,
+    first_n_layers: int | None = None,
+    revision: str | None = None,
+    default_prepend_bos: bool | None = None,
+) -> HookedTransformerConfig:
+    """The config `from_pretrained(name_or_path)` would build, read without loading any weight
+    (TransformerLens's `get_pretrained_model_config`): from a .gguf header or a folder's config.json."""
+    if (gguf_path := gguf_file(str(name_or_path))) is not None:
+        checkpoint = read_gguf(gguf_path)
+        hf_config = checkpoint.config
+        checkpoint.close()
+    else:
+        hf_config = read_config(resolve(str(name_or_path), revision))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cfg = model_config(hf_config, as_dtype(dtype), device, n_ctx, first_n_layers)
+    if default_prepend_bos is not None:
+        cfg.default_prepend_bos = default_prepend_bos
+    return cfg
 
 
 DTYPE_NAMES = {

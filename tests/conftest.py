@@ -6,8 +6,6 @@ float32), saved with `save_pretrained` to a temp folder and loaded back through 
 
 from __future__ import annotations
 
-import copy
-import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from jaxtyping import install_import_hook
+from tiny import save_tiny, tiny_tokenizer  # noqa: F401  (test modules import them from here)
 from transformers import AutoModelForCausalLM
 
 # Runtime shape checks on the numerical modules: their jaxtyping annotations are enforced while
@@ -114,42 +113,6 @@ def tiny_llama(**sizes):
     from hooked import HookedTransformerConfig
 
     return HookedTransformerConfig(**{**TINY_LLAMA, **sizes})
-
-
-def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn.Module:
-    """A random eager float32 HF model for `hf_config`, saved to `folder`; returns the model."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
-    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them so they matter
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or "ln_" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(folder, **save_kwargs)
-    return model
-
-
-def tiny_tokenizer():
-    """A deterministic byte-level word tokenizer built in-process (no download), with BOS/EOS/PAD/UNK: a
-    fresh copy each call, since models write their padding side to it and tests may change it."""
-    return copy.deepcopy(_tiny_tokenizer())
-
-
-@functools.cache
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = "the cat sat on the mat. When Mary and John went to the store, John gave a drink to Mary! hello world"
-    split = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    texts = [variant for word in corpus.split() for variant in (word, " " + word)]
-    words = sorted({piece for text in texts for piece, _ in split.pre_tokenize_str(text)})
-    vocab = {token: i for i, token in enumerate(["<bos>", "<eos>", "<pad>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = split
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
 
 
 def smollm2_path() -> Path | None:

@@ -9,11 +9,11 @@ import importlib.util
 import pytest
 import torch
 from conftest import assert_close
+
+from hooked import HookedTransformer
 from hooked.loading.gguf import read_gguf
 from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
 from hooked.loading.pretrained import gguf_file
-
-from hooked import HookedTransformer
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import assert_close, smollm2_path
 from gguf import GGUFWriter
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hooked import HookedTransformer
 from hooked.loading.gguf import read_gguf
 from hooked.loading.gguf_format import open_gguf
 from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
 from hooked.loading.pretrained import build
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from hooked import HookedTransformer
 
 CONFIG_FIELDS = [
     "vocab_size",

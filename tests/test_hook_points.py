@@ -344,16 +344,21 @@ def test_backward_hook_in_hooks_context(model):
     assert_all_hooks_gone(model)
 
 
-def test_a_backward_hook_whose_context_ended_does_not_run_and_says_so(model):
-    """Hooks never outlive their call: a backward pass after the hooks() block runs without them, with a
-    warning naming the hook (autograd would otherwise still call what the forward saw)."""
+def test_a_backward_hook_fires_in_the_backward_of_the_forward_it_saw(model):
+    """TransformerLens's behaviour (circuit-tracer relies on it): a backward hook attached during a forward
+    runs when that forward's output is back-propagated, also after its hooks() block ended; a forward run
+    after the block does not see it."""
     grads = []
     x = t(1.0).requires_grad_(True)
-    with model.hooks(bwd_hooks=[("layer1.hook_square", lambda g, h: grads.append(g) or g * 0)]):
+    with model.hooks(bwd_hooks=[("layer1.hook_square", lambda g, h: grads.append(g.clone()) or g * 0)]):
         out = model(x).sum()
-    with pytest.warns(UserWarning, match="'layer1.hook_square' was removed before .backward"):
-        out.backward()
-    assert grads == [] and x.grad.item() != 0
+    assert_all_hooks_gone(model)
+    out.backward()
+    torch.testing.assert_close(grads, [t(8.0)], rtol=0, atol=0)  # x=1: d out / d square1 = 8
+    assert x.grad.item() == 0  # the hook's zero gradient replaced the real one
+    x.grad = None
+    model(x).sum().backward()  # a later forward: no hook
+    assert len(grads) == 1 and x.grad.item() != 0
 
 
 def test_run_with_cache_incl_bwd(model):
@@ -755,10 +760,13 @@ def test_backward_hook_wrong_return_raises(model):
     assert_all_hooks_gone(model)
 
 
-def test_run_with_hooks_bwd_with_reset_hooks_end_raises(model):
-    with pytest.raises(ValueError, match="reset_hooks_end"):
-        model.run_with_hooks(t(2.0).requires_grad_(True), bwd_hooks=[("hook_mid", lambda g, h: None)])
+def test_run_with_hooks_backward_hooks_fire_after_the_call(model):
+    grads = []
+    x = t(2.0).requires_grad_(True)
+    out = model.run_with_hooks(x, bwd_hooks=[("hook_mid", lambda g, h: grads.append(g.clone()))])
     assert_all_hooks_gone(model)
+    out.sum().backward()
+    assert len(grads) == 1
 
 
 def test_bad_direction_raises(model):

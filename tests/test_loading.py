@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 from conftest import assert_close, save_tiny, tiny_tokenizer
-from hooked.loading import CheckpointMismatchError, UnsupportedArchitectureError, UnsupportedConfigError
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, LlamaConfig
 
 from hooked import HookedTransformer
+from hooked.loading import CheckpointMismatchError, UnsupportedArchitectureError, UnsupportedConfigError
 
 LLAMA = dict(
     hidden_size=64,

@@ -102,8 +102,13 @@ def test_all_applicable_steps_together(variant):
 
 
 def test_process_weights_raises_for_a_step_that_is_not_exact():
-    with pytest.raises(ValueError, match="RMSNorm"):
-        perturbed("llama").process_weights_()  # center_writing_weights defaults to True
+    model = perturbed("llama")
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 6))
+    before = model(tokens).log_softmax(-1)
+    with pytest.warns(UserWarning, match="center_writing_weights=True skipped"):
+        model.process_weights_()  # center_writing_weights defaults to True: skipped on RMSNorm, as TL did
+    assert torch.equal(model.blocks[0].ln1.w, torch.ones_like(model.blocks[0].ln1.w))  # fold_ln did run
+    torch.testing.assert_close(model(tokens).log_softmax(-1), before, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="rotary"):
         perturbed("ln_rotary_gated").process_weights_(refactor_factored_attn_matrices=True)
     with pytest.raises(ValueError, match="grouped-query"):
@@ -302,6 +307,13 @@ def test_from_pretrained_defaults_do_not_process(gpt2_dir):
     assert model.cfg.tie_word_embeddings
 
 
-def test_from_pretrained_refuses_a_step_that_is_not_exact(llama_dir):
+def test_center_writing_weights_flag_is_skipped_with_a_warning_on_rmsnorm_models(llama_dir):
+    """TransformerLens warned and skipped it, so notebooks pass the same flags for every model; the explicit
+    step, asked for by itself, still refuses."""
+    with pytest.warns(UserWarning, match="center_writing_weights=True skipped"):
+        model = HookedTransformer.from_pretrained(llama_dir[0], center_writing_weights=True)
+    plain = HookedTransformer.from_pretrained(llama_dir[0])
+    for name, param in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[name], param), name
     with pytest.raises(ValueError, match="center_writing_weights"):
-        HookedTransformer.from_pretrained(llama_dir[0], center_writing_weights=True)
+        model.center_writing_weights()

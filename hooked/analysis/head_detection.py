@@ -20,6 +20,7 @@ Scores ("error_measure"), for one head's pattern A and the detection pattern D:
 
 from __future__ import annotations
 
+import typing
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -29,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 HeadName = Literal["previous_token_head", "duplicate_token_head", "induction_head"]
+HEAD_NAMES: list[HeadName] = list(typing.get_args(HeadName))  # TransformerLens's list of the named patterns
 ErrorMeasure = Literal["mul", "abs"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -32,3 +34,13 @@ def lm_accuracy(
     """Fraction of positions whose argmax is the next token."""
     correct = logits[:, :-1].argmax(-1) == tokens[:, 1:].to(logits.device)
     return correct if per_token else correct.float().mean()
+
+
+Loss = Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]  # a mean loss, or one per predicted token
+
+
+class Output(NamedTuple):
+    """Logits and loss together (TransformerLens's type for `return_type="both"`; a plain tuple unpacks the same)."""
+
+    logits: Float[Tensor, "batch pos d_vocab"]
+    loss: Loss

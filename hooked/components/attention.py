@@ -23,10 +23,10 @@ from torch import Tensor, nn
 
 from hooked.components.kv_cache import LayerKV
 from hooked.components.norms import make_qk_norm
-from hooked.components.positional import alibi_slopes, apply_rotary, apply_rotary_adjacent
-from hooked.config import HookedTransformerConfig
+from hooked.components.positional import Rotary, alibi_slopes, apply_rotary, apply_rotary_adjacent
+from hooked.config import AttnType, HookedTransformerConfig
 from hooked.factored_matrix import FactoredMatrix
-from hooked.hook_points import HookPoint
+from hooked.hook_points import HookPoint, listening, may_edit, wants_gradient
 
 RotaryTables = tuple[Tensor, Tensor]  # (cos, sin), from positional.Rotary
 
@@ -54,10 +54,11 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos
 class Attention(nn.Module):
     always_explicit = False  # True for variants whose scores SDPA cannot compute
 
-    def __init__(self, cfg: HookedTransformerConfig) -> None:
+    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global") -> None:
         super().__init__()
         H, Hkv, D, Dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
         self.cfg = cfg
+        self.attn_type = attn_type  # "local": the model gives this layer a sliding-window mask
         self.use_sdpa = True  # model.set_attn_implementation switches it
         self.W_Q = head_weight(H, D, Dh)
         self.W_K = head_weight(Hkv, D, Dh)
@@ -83,6 +84,55 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]
         self.hook_result = HookPoint()  # [batch, pos, n_heads, d_model]
+
+    # ---- TransformerLens's buffers, which code built on it reads (circuit-tracer); the forward pass
+    # computes masks and rotary tables from each run's positions instead, so these are for reading. ----
+
+    @property
+    def mask(self) -> Bool[Tensor, "n_ctx n_ctx"]:
+        """The [n_ctx, n_ctx] causal mask (banded by the sliding window on a local layer), as TransformerLens
+        kept it. Assigning one replaces what is read here; the forward pass does not use it."""
+        if "_mask" in self.__dict__:
+            return self.__dict__["_mask"]
+        n = self.cfg.n_ctx
+        mask = torch.ones(n, n, dtype=torch.bool, device=self.W_Q.device).tril()
+        if self.attn_type == "local" and self.cfg.sliding_window is not None:
+            mask = mask.triu(-(self.cfg.sliding_window - 1))
+        return mask
+
+    @mask.setter
+    def mask(self, value: Tensor) -> None:
+        self.__dict__["_mask"] = value
+
+    @property
+    def rotary_cos(self) -> Float[Tensor, "n_ctx rotary_dim"]:
+        """cos of the rotary angle of every position and rotary dim (TransformerLens's buffer; read only)."""
+        return self._rotary_table(0)
+
+    @rotary_cos.setter
+    def rotary_cos(self, value: Tensor) -> None:
+        self.__dict__["_rotary_cos"] = value
+
+    @property
+    def rotary_sin(self) -> Float[Tensor, "n_ctx rotary_dim"]:
+        """sin of the rotary angle of every position and rotary dim (TransformerLens's buffer; read only)."""
+        return self._rotary_table(1)
+
+    @rotary_sin.setter
+    def rotary_sin(self, value: Tensor) -> None:
+        self.__dict__["_rotary_sin"] = value
+
+    def _rotary_table(self, which: int) -> Tensor:
+        name = ("_rotary_cos", "_rotary_sin")[which]
+        if name in self.__dict__:
+            return self.__dict__[name]
+        if self.cfg.positional_embedding_type != "rotary":
+            raise AttributeError(
+                f"{type(self).__name__} of a {self.cfg.positional_embedding_type!r} model has no rotary table."
+            )
+        local = self.attn_type == "local" and bool(self.cfg.rotary_base_local)
+        positions = torch.arange(self.cfg.n_ctx, device=self.W_Q.device)[None]
+        return Rotary(self.cfg, local=local)(positions, self.W_Q.dtype)[which][0]
 
     @property
     def QK(self) -> FactoredMatrix:
@@ -127,7 +177,10 @@ class Attention(nn.Module):
         groups = self.cfg.n_key_value_groups
         n_q, n_k = q.shape[2], k.shape[2]
         explicit = (
-            self.always_explicit or not self.use_sdpa or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks
+            self.always_explicit
+            or not self.use_sdpa
+            or listening(self.hook_attn_scores)
+            or listening(self.hook_pattern)
         )
         if mask is None and (explicit or n_q != n_k):
             # Queries are the last n_q positions; SDPA's is_causal would align them with the first.
@@ -155,14 +208,14 @@ class Attention(nn.Module):
 
     def _write(self, z: Float[Tensor, "batch pos n_heads d_head"]) -> Float[Tensor, "batch pos d_model"]:
         fused_out = self.W_O.permute(2, 0, 1).flatten(1)  # [d_model, n_heads * d_head], a view
-        if not self.hook_result.has_hooks:
+        if not listening(self.hook_result):
             return F.linear(z.flatten(-2), fused_out, self.b_O)
         result = torch.einsum("bpnh,nhm->bpnm", z, self.W_O)
-        if not self.hook_result.has_editing_hooks:  # observers only (caching): keep the fused path
+        if not may_edit(self.hook_result):  # observers only (caching): keep the fused path
             self.hook_result(result)
             return F.linear(z.flatten(-2), fused_out, self.b_O)
         # An unchanged result keeps the fused (bit-identical) path; gradients need the per-head one.
-        reference = None if self.hook_result.has_backward_hooks else result.clone()
+        reference = None if wants_gradient(self.hook_result) else result.clone()
         result = self.hook_result(result)
         if reference is not None and torch.equal(result, reference):
             return F.linear(z.flatten(-2), fused_out, self.b_O)
@@ -199,12 +252,12 @@ class AlibiAttention(Attention):
         return super()._scores(q, k) + bias
 
 
-def make_attention(cfg: HookedTransformerConfig) -> Attention:
-    """The attention variant the config describes."""
+def make_attention(cfg: HookedTransformerConfig, attn_type: AttnType = "global") -> Attention:
+    """The attention variant the config describes, for a layer of `attn_type`."""
     if cfg.positional_embedding_type == "alibi":
         if cfg.attn_scores_soft_cap:
             raise ValueError("ALiBi attention with soft-capped scores is not implemented.")
-        return AlibiAttention(cfg)
+        return AlibiAttention(cfg, attn_type)
     if cfg.attn_scores_soft_cap:
-        return SoftcapAttention(cfg)
-    return Attention(cfg)
+        return SoftcapAttention(cfg, attn_type)
+    return Attention(cfg, attn_type)

@@ -21,7 +21,7 @@ from hooked.components.mlp import MLP, GatedMLP
 from hooked.components.moe import MoE
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
-from hooked.hook_points import HookPoint
+from hooked.hook_points import HookPoint, listening, may_edit, wants_gradient
 
 # Rotary (cos, sin) tables, or a shortformer position embedding [batch, pos, d_model], or None.
 Position = RotaryTables | Float[Tensor, "batch pos d_model"] | None
@@ -48,7 +48,7 @@ class Block(nn.Module):
         self.hook_k_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
         self.hook_v_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
         self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
-        self.attn = make_attention(cfg)
+        self.attn = make_attention(cfg, cfg.layer_attn_type(layer))
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
@@ -102,10 +102,10 @@ class Block(nn.Module):
         An input its hooks left unchanged takes the shared path, so its numbers stay bit-identical.
         """
         split_hooks = (self.hook_attn_in, self.hook_q_input, self.hook_k_input, self.hook_v_input)
-        if not any(hp.has_hooks for hp in split_hooks):
+        if not any(listening(hp) for hp in split_hooks):
             x = self.ln1(resid_pre)
             return x, x, x
-        if not any(hp.has_editing_hooks for hp in split_hooks):
+        if not any(may_edit(hp) for hp in split_hooks):
             # Only observers (caching): show them free broadcast views; the shared path computes.
             attn_in = self.hook_attn_in(resid_pre.unsqueeze(2).expand(-1, -1, self.n_heads, -1))
             self.hook_q_input(attn_in)
@@ -119,7 +119,7 @@ class Block(nn.Module):
         kv_in = attn_in[:, :, :: self.n_kv_groups]
         k_in = self.hook_k_input(kv_in.clone())
         v_in = self.hook_v_input(kv_in.clone())
-        if any(hp.has_backward_hooks for hp in split_hooks):
+        if any(wants_gradient(hp) for hp in split_hooks):
             return self.ln1(q_in), self.ln1(k_in), self.ln1(v_in)
         shared = None
         inputs = []

@@ -41,20 +41,16 @@ class PosEmbed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """Logits = x @ W_U + b_U, soft-capped to (-cap, cap) as cap * tanh(logits / cap) when the config
-    has an output_logits_soft_cap (Gemma 2); hook_out sees the final (capped) logits."""
+    """Logits = x @ W_U + b_U. An output_logits_soft_cap (Gemma 2) is applied after this module, by the model
+    (TransformerLens's place for it), so hook_out sees the logits before the cap."""
 
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out)) if cfg.unembed_bias else None
-        self.soft_cap = cfg.output_logits_soft_cap
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_vocab_out]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab_out"]:
         # W_U is stored [d_model, d_vocab_out] as users expect; .T is a free view for F.linear.
-        logits = F.linear(self.hook_in(x), self.W_U.T, self.b_U)
-        if self.soft_cap:
-            logits = torch.tanh(logits / self.soft_cap) * self.soft_cap
-        return self.hook_out(logits)
+        return self.hook_out(F.linear(self.hook_in(x), self.W_U.T, self.b_U))

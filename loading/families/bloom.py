@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import H_LAYERS, Adapter, WeightTable, register, require
 from hooked.loading.transforms import Copy, Heads, HeadsCopied, Transpose
-
-from hooked.config import HookedTransformerConfig
 
 
 def bloom_config(hf: dict[str, Any]) -> dict[str, Any]:

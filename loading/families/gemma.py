@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
 from hooked.loading.families.llama import IGNORED, llama_weights
 from hooked.loading.transforms import Copy, PlusOne
-
-from hooked.config import HookedTransformerConfig
 
 ACTS = ("gelu_pytorch_tanh", "gelu", "gelu_new", "silu", "relu")
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import H_LAYERS, Adapter, WeightTable, register, require
 from hooked.loading.transforms import Copy, Heads, Transpose
-
-from hooked.config import HookedTransformerConfig
 
 ACTS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 

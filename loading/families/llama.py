@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
 from hooked.loading.transforms import Copy, Heads, Transpose
-
-from hooked.config import HookedTransformerConfig
 
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, register
 from hooked.loading.families.llama import IGNORED, llama_config, llama_weights
 from hooked.loading.transforms import Transpose
-
-from hooked.config import HookedTransformerConfig
 
 
 def mixtral_config(hf: dict[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, register
 from hooked.loading.families.llama import IGNORED, llama_config, llama_weights
 from hooked.loading.transforms import Copy
-
-from hooked.config import HookedTransformerConfig
 
 
 def olmo_config(hf: dict[str, Any]) -> dict[str, Any]:

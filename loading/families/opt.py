@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, register, require
 from hooked.loading.transforms import Copy, Heads, RowsFrom, Transpose
-
-from hooked.config import HookedTransformerConfig
 
 ACTS = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
 POSITION_OFFSET = 2

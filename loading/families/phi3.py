@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import Adapter, WeightTable, register
 from hooked.loading.families.llama import IGNORED, llama_config
 from hooked.loading.transforms import Copy, Heads, Split, Transpose
-
-from hooked.config import HookedTransformerConfig
 
 QKV = ("n_heads*d_head", "n_key_value_heads*d_head", "n_key_value_heads*d_head")
 GATE_UP = ("d_mlp", "d_mlp")
