@@ -306,6 +306,10 @@ def _balanced_factors(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     return U * root[..., None, :], root[..., :, None] * Vh
 
 
+def _weights(module: nn.Module) -> set[str]:
+    return {name.rpartition(".")[2] for name, _ in module.named_parameters()}
+
+
 def _require_biases(model: HookedTransformer, flag: str) -> None:
     """Give every module the biases config flag `flag` describes (zeros where absent), and set the flag."""
     if flag == "attn_qkv_bias":
@@ -314,11 +318,13 @@ def _require_biases(model: HookedTransformer, flag: str) -> None:
         slots = [(block.attn, "b_O") for block in model.blocks]
     elif flag == "mlp_bias":
         names = ("b_in", "b_gate", "b_out")
-        slots = [(block.mlp, name) for block in model.blocks for name in names if hasattr(block.mlp, name)]
+        slots = [(block.mlp, name) for block in model.blocks for name in names if "W" + name[1:] in _weights(block.mlp)]
     else:
         slots = [(model.unembed, "b_U")]
     for module, name in slots:
-        if getattr(module, name) is not None:
+        # The module that holds the weight: a wrapper put in a component's place (circuit-tracer's) holds none.
+        module = next((m for m in module.modules() if "W" + name[1:] in m._parameters), module)
+        if getattr(module, name, None) is not None:
             continue
         weight = getattr(module, "W" + name[1:])
         # A bias has the weight's shape without its input axis; b_O [d_model] is summed over heads.
