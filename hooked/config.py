@@ -26,7 +26,16 @@ import torch
 ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu"]
 AttnType = Literal["global", "local"]
 # Derived int fields, where TransformerLens wrote None (or -1) for "derive it"; here 0 means that.
-_DERIVED_INTS = ("d_head", "n_key_value_heads", "d_mlp", "rotary_dim", "num_experts", "experts_per_token")
+_DERIVED_INTS = (
+    "n_heads",
+    "d_vocab",
+    "d_head",
+    "n_key_value_heads",
+    "d_mlp",
+    "rotary_dim",
+    "num_experts",
+    "experts_per_token",
+)
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,9 @@ RUNTIME_FIELDS = frozenset(
 class HookedTransformerConfig:
     d_model: int  # width of the residual stream
     n_layers: int  # number of transformer blocks
-    n_heads: int  # query heads per attention layer
-    d_vocab: int  # vocabulary size (rows of W_E, columns of W_U)
     n_ctx: int  # longest sequence the model accepts
+    n_heads: int = 0  # query heads per attention layer; 0 means d_model // d_head (d_head must then be given)
+    d_vocab: int = 0  # vocabulary size (rows of W_E); 0 means the tokenizer's, filled in by HookedTransformer
     d_head: int = 0  # width of one head; 0 means d_model // n_heads
     n_key_value_heads: int = 0  # key/value heads (GQA/MQA); 0 means n_heads
     d_mlp: int = 0  # hidden width of the MLP (of each expert, with experts); 0 means 4 * d_model (none if attn_only)
@@ -138,8 +147,15 @@ class HookedTransformerConfig:
 
     def __post_init__(self) -> None:
         for name in _DERIVED_INTS:
-            if getattr(self, name) is None:
+            if getattr(self, name) in (None, -1):
                 object.__setattr__(self, name, 0)
+        if self.n_heads == 0:
+            if not self.d_head or self.d_model % self.d_head:
+                raise ValueError(
+                    f"n_heads is not given, so it is d_model // d_head, which needs d_head to divide d_model "
+                    f"({self.d_model}); got d_head={self.d_head}. Give n_heads or a d_head that divides d_model."
+                )
+            object.__setattr__(self, "n_heads", self.d_model // self.d_head)
         if self.d_vocab_out in (None, -1):
             object.__setattr__(self, "d_vocab_out", 0)
         derived = {
@@ -194,7 +210,9 @@ class HookedTransformerConfig:
             raise NotImplementedError(
                 f"attention_dir={self.attention_dir!r} is not implemented; the only supported value is 'causal'."
             )
-        sizes = ("d_model", "n_layers", "n_heads", "d_vocab", "n_ctx", "d_head", "n_key_value_heads", "d_vocab_out")
+        sizes = ("d_model", "n_layers", "n_heads", "n_ctx", "d_head", "n_key_value_heads")
+        # d_vocab 0: not known yet, until a tokenizer says (HookedTransformer(cfg, tokenizer) fills it in).
+        sizes += ("d_vocab", "d_vocab_out") if self.d_vocab else ()
         for name in sizes + (() if self.attn_only else ("d_mlp",)):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Config field {name} must be positive, got {getattr(self, name)}.")

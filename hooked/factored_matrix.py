@@ -9,8 +9,9 @@ cost scales with the inner dim m rather than with l * r.
 Conventions:
 - Leading (batch) dims of A and B broadcast, and both are stored broadcast to the common batch
   shape (as views, no copy), so `fm.A` may have more dims than the tensor passed in.
-- `svd()` follows torch: AB == U @ diag(S) @ Vh, with U [..., l, k], S [..., k], Vh [..., k, r],
-  k = min(l, m, r), S descending.
+- `svd()` follows TransformerLens (and the older `torch.svd`): (U, S, V) with AB == U @ diag(S) @ V^T,
+  U [..., l, k], S [..., k], V [..., r, k], k = min(l, m, r), S descending. `.Vh` is TransformerLens's
+  name for that same V (historical: it is not V^T), kept so notebooks get the values they expect.
 - Products stay factored and keep the smallest available inner dim: fm @ X has inner dim
   min(m, r), X @ fm has min(l, m). A 1-D operand gives a plain tensor.
 - Indexing (TransformerLens's rule) selects leading dims, then rows of A, then columns of B, and
@@ -98,15 +99,22 @@ class FactoredMatrix:
         return FactoredMatrix(other @ self.A, self.B)
 
     def __mul__(self, scalar: Any) -> FactoredMatrix:
-        is_scalar = isinstance(scalar, numbers.Number) or (isinstance(scalar, Tensor) and scalar.ndim == 0)
-        if not is_scalar:
-            raise TypeError(f"FactoredMatrix can only be multiplied by a scalar, got {type(scalar).__name__}")
+        """A scalar times the product: a number, or a tensor of one element (`fm * torch.tensor([2.0])`)."""
+        if isinstance(scalar, Tensor) and scalar.numel() == 1:
+            scalar = scalar.reshape(())
+        elif not isinstance(scalar, numbers.Number):
+            shape = f" of shape {tuple(scalar.shape)}" if isinstance(scalar, Tensor) else ""
+            raise TypeError(
+                f"FactoredMatrix can only be multiplied by a scalar (a number or a one-element tensor), got "
+                f"{type(scalar).__name__}{shape}; for a matrix use @."
+            )
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
 
-    def svd(self) -> tuple[Float[Tensor, "... ldim k"], Float[Tensor, "... k"], Float[Tensor, "... k rdim"]]:
-        """(U, S, Vh) with AB == U @ diag(S) @ Vh, from QR of the factors and an SVD of a small core.
+    def svd(self) -> tuple[Float[Tensor, "... ldim k"], Float[Tensor, "... k"], Float[Tensor, "... rdim k"]]:
+        """(U, S, V) with AB == U @ diag(S) @ V^T (TransformerLens's convention), from QR of the factors and an
+        SVD of a small core.
 
         A = Qa Ra and B^H = Qb Rb give AB = Qa (Ra Rb^H) Qb^H, so only the core Ra Rb^H, at most
         min(l, m) x min(r, m), is decomposed. Cached after the first call.
@@ -115,7 +123,7 @@ class FactoredMatrix:
             Qa, Ra = torch.linalg.qr(self.A)
             Qb, Rb = torch.linalg.qr(self.B.mH)
             Uc, S, Vhc = torch.linalg.svd(Ra @ Rb.mH, full_matrices=False)
-            self._svd = (Qa @ Uc, S, Vhc @ Qb.mH)
+            self._svd = (Qa @ Uc, S, Qb @ Vhc.mH)
         return self._svd
 
     @property
@@ -127,14 +135,22 @@ class FactoredMatrix:
         return self.svd()[1]
 
     @property
-    def Vh(self) -> Float[Tensor, "... k rdim"]:
+    def V(self) -> Float[Tensor, "... rdim k"]:
+        """The right singular vectors as columns: AB == U @ diag(S) @ V^T."""
+        return self.svd()[2]
+
+    @property
+    def Vh(self) -> Float[Tensor, "... rdim k"]:
+        """The same V as `.V` (TransformerLens's name for it; despite the name, not V^T)."""
         return self.svd()[2]
 
     @property
     def eigenvalues(self) -> Complex[Tensor, "... mdim"]:
         """Eigenvalues of the small mdim x mdim matrix B @ A: its non-zero ones are exactly the
-        non-zero eigenvalues of the square product AB; the rest are zeros. Complex, unsorted."""
-        return torch.linalg.eigvals(self.BA)
+        non-zero eigenvalues of the square product AB; the rest are zeros. Complex, unsorted. Half-precision
+        factors are decomposed in float32 (torch has no eigensolver for them)."""
+        BA = self.BA
+        return torch.linalg.eigvals(BA.float() if BA.dtype in (torch.float16, torch.bfloat16) else BA)
 
     def norm(self) -> Float[Tensor, "..."]:
         """Frobenius norm of the product, per batch element."""
@@ -194,15 +210,18 @@ class FactoredMatrix:
         corner = self.A[..., :k, :] @ self.B[..., :, :k]
         return corner[tuple(slice(None, k) for _ in range(corner.ndim))]
 
-    @property
     def collapse_l(self) -> Float[Tensor, "... k rdim"]:
-        """S Vh, so that U @ collapse_l == AB: the product with its left side reduced to rank k."""
-        return self.S[..., :, None] * self.Vh
+        """S V^T, so that U @ collapse_l() == AB: the product with its left orthogonal factor removed."""
+        return self.S[..., :, None] * self.V.mH
+
+    def collapse_r(self) -> Float[Tensor, "... ldim k"]:
+        """U S, so that collapse_r() @ V^T == AB: the product with its right orthogonal factor removed."""
+        return self.U * self.S[..., None, :]
 
     @property
-    def collapse_r(self) -> Float[Tensor, "... ldim k"]:
-        """U S, so that collapse_r @ Vh == AB: the product with its right side reduced to rank k."""
-        return self.U * self.S[..., None, :]
+    def has_leading_dims(self) -> bool:
+        """Whether the factors have batch dims before the matrix dims (TransformerLens's flag)."""
+        return self.A.ndim > 2
 
     def unsqueeze(self, k: int) -> FactoredMatrix:
         """Insert a size-1 batch dim at position k (negative k counts as in Tensor.unsqueeze)."""
@@ -212,9 +231,9 @@ class FactoredMatrix:
         return FactoredMatrix(self.A.unsqueeze(pos), self.B.unsqueeze(pos))
 
     def make_even(self) -> FactoredMatrix:
-        """The same product as A' B' with A' = U sqrt(S) and B' = sqrt(S) Vh (balanced factors)."""
+        """The same product as A' B' with A' = U sqrt(S) and B' = sqrt(S) V^T (balanced factors)."""
         root = self.S.sqrt()
-        return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * self.Vh)
+        return FactoredMatrix(self.U * root[..., None, :], root[..., :, None] * self.V.mH)
 
     def __repr__(self) -> str:
         return (

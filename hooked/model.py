@@ -69,6 +69,12 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         self.cfg = cfg
         if tokenizer is None and cfg.tokenizer_name is not None:
             tokenizer = _named_tokenizer(cfg.tokenizer_name)
+        if not cfg.d_vocab:  # TransformerLens's d_vocab=-1: the tokenizer's vocabulary size
+            if tokenizer is None:
+                raise ValueError("cfg.d_vocab is not set: pass a tokenizer (its vocabulary gives it) or set d_vocab.")
+            d_vocab = max(tokenizer.get_vocab().values()) + 1
+            cfg = cfg.replace(d_vocab=d_vocab, d_vocab_out=cfg.d_vocab_out or d_vocab)
+            self.cfg = cfg
         self.tokenizer = tokenizer
         self.default_padding_side = default_padding_side
 

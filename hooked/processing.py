@@ -300,10 +300,10 @@ def _fold_norm(norm: nn.Module, readers: list[tuple[nn.Module, str, str]], fold_
 
 
 def _balanced_factors(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """For A [..., l, m] and B [..., m, r]: U sqrt(S) and sqrt(S) Vh, where A @ B = U S Vh."""
-    U, S, Vh = FactoredMatrix(A, B).svd()
+    """For A [..., l, m] and B [..., m, r]: U sqrt(S) and sqrt(S) V^T, where A @ B = U S V^T."""
+    U, S, V = FactoredMatrix(A, B).svd()
     root = S.sqrt()
-    return U * root[..., None, :], root[..., :, None] * Vh
+    return U * root[..., None, :], root[..., :, None] * V.mH
 
 
 def _weights(module: nn.Module) -> set[str]:

@@ -171,17 +171,28 @@ def test_batched_products():
 
 @pytest.mark.parametrize("l,m,r", SHAPES)
 def test_svd_reconstructs_and_matches_svdvals(l, m, r):
+    """TransformerLens's convention: svd() is (U, S, V) with AB = U diag(S) V^T, and .Vh is that same V."""
     fm = FactoredMatrix(rand(l, m), rand(m, r))
     AB = fm.A @ fm.B
-    U, S, Vh = fm.svd()
+    U, S, V = fm.svd()
     k = min(l, m, r)
-    assert U.shape == (l, k) and S.shape == (k,) and Vh.shape == (k, r)
-    close(U @ torch.diag(S) @ Vh, AB)
+    assert U.shape == (l, k) and S.shape == (k,) and V.shape == (r, k)
+    close(U @ torch.diag(S) @ V.T, AB)
     close(S, torch.linalg.svdvals(AB)[:k])
     close(U.T @ U, torch.eye(k, dtype=DTYPE))
-    close(Vh @ Vh.T, torch.eye(k, dtype=DTYPE))
+    close(V.T @ V, torch.eye(k, dtype=DTYPE))
     assert torch.all(S[:-1] >= S[1:])
-    assert fm.U is U and fm.S is S and fm.Vh is Vh
+    assert fm.U is U and fm.S is S and fm.V is V and fm.Vh is V
+
+
+def test_vh_of_a_square_circuit_is_v_not_its_transpose():
+    """On a square product (an OV circuit) V and V^T have the same shape: code written for TransformerLens
+    reads fm.Vh[:, i] as the i-th right singular vector, which it must be here too."""
+    fm = FactoredMatrix(rand(6, 3), rand(3, 6))
+    _, _, torch_vh = torch.linalg.svd(fm.A @ fm.B)
+    for i in range(3):  # singular vectors are defined up to sign
+        column = fm.Vh[:, i]
+        close(column * torch.sign(column @ torch_vh[i]), torch_vh[i])
 
 
 def test_svd_is_cached_and_only_decomposes_a_small_core(monkeypatch):
@@ -196,16 +207,16 @@ def test_svd_is_cached_and_only_decomposes_a_small_core(monkeypatch):
     monkeypatch.setattr(torch.linalg, "svd", spy)
     first = fm.svd()
     assert fm.svd() is first
-    fm.U, fm.S, fm.Vh
+    fm.U, fm.S, fm.V, fm.Vh
     assert seen == [(4, 4)]
 
 
 def test_svd_batched_broadcast():
     fm = FactoredMatrix(rand(2, 3, 5, 4), rand(4, 6))
     AB = fm.A @ fm.B
-    U, S, Vh = fm.svd()
-    assert U.shape == (2, 3, 5, 4) and S.shape == (2, 3, 4) and Vh.shape == (2, 3, 4, 6)
-    close(U @ torch.diag_embed(S) @ Vh, AB)
+    U, S, V = fm.svd()
+    assert U.shape == (2, 3, 5, 4) and S.shape == (2, 3, 4) and V.shape == (2, 3, 6, 4)
+    close(U @ torch.diag_embed(S) @ V.mT, AB)
     close(S, torch.linalg.svdvals(AB)[..., :4])
 
 
@@ -240,11 +251,32 @@ def test_norm_is_frobenius_norm():
 def test_collapse_l_and_r(l, m, r):
     fm = FactoredMatrix(rand(l, m), rand(m, r))
     AB, k = fm.A @ fm.B, min(l, m, r)
-    assert fm.collapse_l.shape == (k, r) and fm.collapse_r.shape == (l, k)
-    close(fm.U @ fm.collapse_l, AB)
-    close(fm.collapse_r @ fm.Vh, AB)
-    close(fm.collapse_l, torch.diag(fm.S) @ fm.Vh)
-    close(fm.collapse_r, fm.U @ torch.diag(fm.S))
+    assert fm.collapse_l().shape == (k, r) and fm.collapse_r().shape == (l, k)
+    close(fm.U @ fm.collapse_l(), AB)
+    close(fm.collapse_r() @ fm.V.T, AB)
+    close(fm.collapse_l(), torch.diag(fm.S) @ fm.V.T)
+    close(fm.collapse_r(), fm.U @ torch.diag(fm.S))
+
+
+def test_has_leading_dims():
+    assert not FactoredMatrix(rand(5, 3), rand(3, 4)).has_leading_dims
+    assert FactoredMatrix(rand(2, 5, 3), rand(3, 4)).has_leading_dims
+    assert FactoredMatrix(rand(5, 3), rand(2, 3, 4)).has_leading_dims
+
+
+def test_a_one_element_tensor_scales_like_a_number():
+    fm = FactoredMatrix(rand(5, 3), rand(3, 4))
+    scaled = fm * torch.tensor([2.5], dtype=DTYPE)
+    close(scaled.AB, 2.5 * (fm.A @ fm.B))
+    assert scaled.shape == fm.shape
+    with pytest.raises(TypeError, match="one-element tensor"):
+        fm * torch.ones(4, dtype=DTYPE)
+
+
+def test_eigenvalues_of_bfloat16_factors():
+    A, B = rand(6, 3).bfloat16(), rand(3, 6).bfloat16()
+    eig = FactoredMatrix(A, B).eigenvalues  # torch.linalg.eigvals itself refuses bfloat16
+    torch.testing.assert_close(eig, torch.linalg.eigvals((B @ A).float()))
 
 
 def test_make_even_keeps_product_and_balances_factors():
