@@ -9,6 +9,7 @@ through the final norm and unembedding at each step, so hooks there see one posi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -43,6 +44,11 @@ def _nonempty(tokens: Tensor) -> Tensor:
     return tokens
 
 
+def _check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}.")
+
+
 def _eos_ids(model: HookedTransformer, eos_token_id: int | list[int] | None) -> Tensor | None:
     if eos_token_id is None and model.tokenizer is not None:
         eos_token_id = model.tokenizer.eos_token_id
@@ -73,8 +79,10 @@ def generate_stream(
     repetition_penalty: float = 1.0,
 ) -> Iterator[Int[Tensor, " batch"]]:
     """Yield the next token of every row, step by step. Rows that have produced an EOS yield the
-    EOS id from then on; the stream ends when every row has, or after max_new_tokens. For token
+    EOS id from then on; the stream ends when every row has, after max_new_tokens, or (with a
+    warning) when prompt and continuation fill the model's context of n_ctx tokens. For token
     input with padding, pass its `attention_mask` (1 = real token)."""
+    _check_max_new_tokens(max_new_tokens)
     tokens, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     eos_ids = _eos_ids(model, eos_token_id) if stop_at_eos else None
     if stop_at_eos and eos_ids is None:
@@ -84,7 +92,14 @@ def generate_stream(
     cache = KVCache.for_model(model) if use_past_kv_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_tokens, step_mask = tokens, mask
-    for _ in tqdm(range(max_new_tokens), disable=not verbose, desc="Generating"):
+    for step in tqdm(range(max_new_tokens), disable=not verbose, desc="Generating"):
+        if tokens.shape[1] == model.cfg.n_ctx:  # a longer prompt is refused by the model, by name
+            warnings.warn(
+                f"Generation stopped after {step} of {max_new_tokens} new tokens: the sequence filled the model's "
+                f"context of n_ctx={model.cfg.n_ctx} tokens. Pass a shorter prompt for a longer continuation.",
+                stacklevel=3,
+            )
+            return
         if cache is not None:
             logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache, logits_to_keep=1)
         else:
@@ -131,7 +146,9 @@ def generate(
     repetition_penalty: float = 1.0,
 ):
     """Prompt plus continuation, as strings or tokens (`return_type="input"`: the input's own type).
-    Sampling settings are `hooked.utils.sample_logits`'s."""
+    Sampling settings are `hooked.utils.sample_logits`'s. Generation stops, with a warning, where the
+    sequence fills the model's context (n_ctx tokens), returning what was generated."""
+    _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(
         model,

@@ -128,6 +128,7 @@ class HookPoint(nn.Module):
                     f"Hook on {self.name!r} returned shape {tuple(result.shape)} but the activation has shape "
                     f"{tuple(output.shape)}; a hook must return a tensor of the activation's shape (or None)."
                 )
+            _check_like(result, output, f"Hook on {self.name!r}")
             return result
 
         return forward_hook
@@ -150,6 +151,7 @@ class HookPoint(nn.Module):
                     f"Backward hook on {self.name!r} returned shape {tuple(result.shape)} but the gradient has "
                     f"shape {tuple(grad.shape)}."
                 )
+            _check_like(result, grad, f"Backward hook on {self.name!r}")
             return (result,)
 
         return backward_hook
@@ -207,6 +209,26 @@ def may_edit(point: nn.Module) -> bool:
 def wants_gradient(point: nn.Module) -> bool:
     """Whether what is at a hook's place has backward hooks (or may: a module put in its place)."""
     return point.has_backward_hooks if isinstance(point, HookPoint) else True
+
+
+def _check_like(result: Tensor, activation: Tensor, who: str) -> None:
+    """A hook's replacement must have the activation's dtype and device (torch would fail later, far away)."""
+    if result.dtype != activation.dtype or result.device != activation.device:
+        raise TypeError(
+            f"{who} returned a {result.dtype} tensor on {result.device}, but the activation is {activation.dtype} "
+            f"on {activation.device}; return result.to(activation.dtype).to(activation.device)."
+        )
+
+
+def _hook_pairs(hooks: Sequence[tuple], argument: str) -> list[tuple]:
+    """`hooks` as a list, refused unless it is (name or filter, fn) pairs (checked before any is added)."""
+    if isinstance(hooks, tuple) and len(hooks) == 2 and callable(hooks[1]):
+        raise TypeError(f"{argument} takes a list of (name, fn) pairs; put the one pair in a list: {argument}=[pair].")
+    pairs = list(hooks)
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not callable(pair[1]):
+            raise TypeError(f"{argument} takes a list of (name or filter, fn) pairs; one entry is {pair!r}.")
+    return pairs
 
 
 def _name_predicate(names: NamesFilter) -> Callable[[str], bool]:
@@ -303,6 +325,7 @@ class HookedRootModule(nn.Module):
         `hooks()` block or kept by an earlier `reset_hooks_end=False` call stay attached.
         """
         # A fresh level per call (never reused), so nested or earlier contexts keep their hooks.
+        fwd_hooks, bwd_hooks = _hook_pairs(fwd_hooks, "fwd_hooks"), _hook_pairs(bwd_hooks, "bwd_hooks")
         level = getattr(self, "_last_hook_level", 0) + 1
         self._last_hook_level = level
         try:
@@ -405,10 +428,21 @@ class HookedRootModule(nn.Module):
         With `incl_bwd=True` the output (which must be a scalar, e.g. `return_type="loss"`) is
         back-propagated here and gradients land in the cache as `<name>_grad`.
         """
+        if incl_bwd and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled()):
+            raise RuntimeError(
+                "run_with_cache(incl_bwd=True) back-propagates, which torch.inference_mode() / torch.no_grad() "
+                "switch off; call it outside them."
+            )
         cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
         with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
             output = self(*model_args, **model_kwargs)
             if incl_bwd:
+                if not isinstance(output, Tensor) or output.ndim != 0:
+                    shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                    raise ValueError(
+                        f"run_with_cache(incl_bwd=True) back-propagates the output, which must be a scalar, but it "
+                        f"is {shape}; pass return_type='loss' (or reduce the output to one number)."
+                    )
                 output.backward()
         if not return_cache_object:
             return output, cache

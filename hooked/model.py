@@ -37,7 +37,7 @@ def _named_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never run code the hub names
     except (OSError, ValueError) as error:
         raise OSError(
             f"Could not load the tokenizer cfg.tokenizer_name={name!r}: {error}\nPass tokenizer= to "
@@ -155,14 +155,23 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         `logits_to_keep=n` runs the final norm and unembedding on the last n positions only (as
         transformers' argument of that name; generation uses 1); 0 keeps them all.
         """
+        # Inputs are checked here, cheaply (one min/max of the ids), so that a wrong one is named rather
+        # than failing deep inside torch.
         if isinstance(input, (str, list)):
+            tokenization.check_texts(input)
             input, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
-        elif isinstance(input, Tensor) and input.ndim == 1 and start_at_layer is None:
-            input = input.unsqueeze(0)  # one sequence of ids (TransformerLens added the batch axis too)
-        elif attention_mask is None and start_at_layer is None and past_kv_cache is None:
-            attention_mask = tokenization.left_padding_mask(self, input)
-        if past_kv_cache is not None and (start_at_layer or stop_at_layer is not None):
-            raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
+        elif start_at_layer is None:
+            tokenization.check_tokens(input, self.cfg.d_vocab)
+            if input.ndim == 1:
+                input = input.unsqueeze(0)  # one sequence of ids (TransformerLens added the batch axis too)
+            if attention_mask is None and past_kv_cache is None:
+                attention_mask = tokenization.left_padding_mask(self, input)
+        else:
+            self._check_residual(input, start_at_layer)
+        if past_kv_cache is not None:
+            if start_at_layer or stop_at_layer is not None:
+                raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
+            past_kv_cache.check_fits(self.cfg, self.dtype, self.device)
         # A run that raises part-way must not leave some layers' keys appended to the cache.
         with past_kv_cache.rollback_on_error() if past_kv_cache is not None else contextlib.nullcontext():
             if start_at_layer is None:
@@ -222,11 +231,19 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             attention_mask = None
         return residual, tokens.to(residual.device), shortformer, attention_mask
 
+    def _check_residual(self, residual, start_at_layer: int) -> None:
+        is_residual = isinstance(residual, Tensor) and residual.is_floating_point() and residual.ndim == 3
+        if not is_residual or residual.shape[-1] != self.cfg.d_model:
+            got = f"{residual.dtype} {tuple(residual.shape)}" if isinstance(residual, Tensor) else type(residual)
+            raise TypeError(
+                f"start_at_layer={start_at_layer} takes the residual stream entering that block, a float tensor "
+                f"[batch, pos, d_model={self.cfg.d_model}], got {got}. Token ids start at the embedding: drop "
+                "start_at_layer (model(tokens, stop_at_layer=k) returns the residual stream entering block k)."
+            )
+
     def _embed(self, tokens: Tensor, attention_mask: Tensor | None, cache: KVCache | None):
         if tokens.ndim == 1:
             tokens = tokens.unsqueeze(0)
-        if tokens.is_floating_point():
-            raise TypeError("Expected integer token ids (or pass start_at_layer to feed a residual stream).")
         past = len(cache) if cache is not None else 0
         if past + tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
@@ -260,8 +277,17 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         [batch, 1, n_new, past + n_new] of global and local layers, None where plain causal
         attention is right."""
         past = len(cache) if cache is not None else 0
+        shapes = [(batch, n_new)] + ([(n_new,)] if batch == 1 else [])  # a 1-D mask goes with 1-D tokens
+        if attention_mask is not None and tuple(attention_mask.shape) not in shapes:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but the input is [batch={batch}, "
+                f"pos={n_new}]; the mask needs one entry per input token (1 = real, 0 = padding)"
+                + (", for the new tokens only when past_kv_cache is given." if cache is not None else ".")
+            )
         new_mask = (
-            torch.ones(batch, n_new, dtype=torch.long, device=device) if attention_mask is None else attention_mask
+            torch.ones(batch, n_new, dtype=torch.long, device=device)
+            if attention_mask is None
+            else attention_mask.reshape(batch, n_new)
         )
         full_mask = cache.extend_mask(new_mask.to(device)) if cache is not None else new_mask.to(device)
         total = past + n_new

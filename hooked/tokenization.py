@@ -53,6 +53,7 @@ def tokenize(
     tokenizer = _tokenizer(model)
     prepend_bos = model.default_prepend_bos if prepend_bos is None else prepend_bos
     padding_side = padding_side or model.default_padding_side
+    check_texts(input)
     texts = [input] if isinstance(input, str) else list(input)
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     if prepend_bos:
@@ -129,6 +130,49 @@ def get_token_position(
     if hits.numel() == 0:
         raise ValueError(f"Token {single_token!r} does not occur in the input.")
     return int(hits[0] if mode == "first" else hits[-1])
+
+
+def check_texts(input: Any) -> None:
+    """Refuse a list input that is empty or holds anything but strings, saying what to pass instead."""
+    if isinstance(input, str):
+        return
+    if not input:
+        raise ValueError("The input is an empty list: pass a string, a list of strings, or a tensor of token ids.")
+    if not all(isinstance(text, str) for text in input):
+        kinds = sorted({type(text).__name__ for text in input if not isinstance(text, str)})
+        raise TypeError(
+            f"A list input must hold strings, but it holds {', '.join(kinds)}; pass token ids as a tensor "
+            "(torch.tensor(ids)), shape [batch, pos]."
+        )
+
+
+TOKEN_DTYPES = (torch.int64, torch.int32)  # what an embedding lookup takes
+
+
+def check_tokens(tokens: Any, d_vocab: int) -> None:
+    """Refuse anything but an integer tensor of token ids [pos] or [batch, pos], each in [0, d_vocab),
+    with an error saying what to pass instead (torch's own errors come from deep inside the embedding)."""
+    if not isinstance(tokens, Tensor):
+        hint = " (torch.as_tensor(array) makes one from a numpy array)" if isinstance(tokens, np.ndarray) else ""
+        raise TypeError(
+            f"The model takes a string, a list of strings, or a tensor of token ids [batch, pos]; got "
+            f"{type(tokens).__name__}{hint}."
+        )
+    if tokens.dtype not in TOKEN_DTYPES:
+        hint = "pass start_at_layer to feed a residual stream" if tokens.is_floating_point() else "use tokens.long()"
+        raise TypeError(f"Token ids must be an int64 or int32 tensor, got {tokens.dtype}; {hint}.")
+    if tokens.ndim not in (1, 2):
+        raise ValueError(
+            f"Token ids must have shape [pos] or [batch, pos], got shape {tuple(tokens.shape)}"
+            + ("; use tokens.reshape(1, -1) for one token." if tokens.ndim == 0 else ".")
+        )
+    if tokens.numel():
+        low, high = torch.aminmax(tokens)
+        if bool((low < 0) | (high >= d_vocab)):  # one device sync for both bounds
+            raise ValueError(
+                f"Token ids must be in [0, {d_vocab}) (the model's d_vocab), but they range from {int(low)} to "
+                f"{int(high)}; were they made by another model's tokenizer?"
+            )
 
 
 def left_padding_mask(model: HookedTransformer, tokens: Tensor) -> Int[Tensor, "batch pos"] | None:

@@ -9,6 +9,7 @@ imports the model and a subclass loads as itself.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from typing import Any, TypeVar
@@ -78,12 +79,15 @@ def build(
     """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
     architecture, adapter = adapter_for(hf_config)
     cfg = model_config(hf_config, dtype, device, n_ctx, first_n_layers)
+    checkpoint = _with_prefix(checkpoint, adapter)
+    # The weight table and the model grow with the config's sizes; a config that asks for more than the
+    # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
+    _check_sizes(checkpoint, cfg, adapter, architecture)
     table = {
         name.format(i=layer): t.format(layer)
         for name, t in adapter.weights(cfg).items()
         for layer in (range(cfg.n_layers) if "{i}" in name else [0])
     }
-    checkpoint = _with_prefix(checkpoint, adapter)
     _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
 
     with torch.device("meta"):
@@ -111,6 +115,33 @@ def _with_prefix(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
     if not prefix or any(name.startswith(prefix) for name in names):
         return checkpoint
     return rename(checkpoint, {(n if n.startswith(adapter.outside_prefix) else prefix + n): n for n in names})
+
+
+def check_layer_count(n_layers: int, names: list[str], adapter: Adapter, source: str) -> None:
+    """Refuse `n_layers` (what `source` asks for) where the checkpoint's tensor names have fewer layers."""
+    # A leading "." so that names without the base model's prefix ("layers.0...") match too.
+    held = {int(match.group(1)) for name in names if (match := re.search(adapter.layer_index, "." + name))}
+    if n_layers > len(held):
+        raise CheckpointMismatchError(
+            f"{source} asks for {n_layers} layers but the checkpoint has tensors for {len(held)}. "
+            "Is config.json from the same model as the weights? (first_n_layers= loads fewer.)"
+        )
+
+
+def _check_sizes(checkpoint: Checkpoint, cfg: HookedTransformerConfig, adapter: Adapter, architecture: str) -> None:
+    """Refuse a config whose layer count or weight count exceeds what the checkpoint's tensors hold."""
+    names = checkpoint.names()
+    check_layer_count(cfg.n_layers, names, adapter, f"{architecture}: the config")
+    # cfg.n_params counts each layer's attention and MLP matrices, with keys and values at n_heads, so a
+    # checkpoint that matches its config holds more than half that many numbers (at most half are
+    # key/value weights that grouped-query attention stores smaller).
+    held = sum(math.prod(checkpoint.shape(name)) for name in names)
+    if cfg.n_params > 2 * held:
+        raise CheckpointMismatchError(
+            f"{architecture}: the config describes {cfg.n_params:,} weights (d_model={cfg.d_model}, "
+            f"n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}, n_layers={cfg.n_layers}) but the checkpoint holds only "
+            f"{held:,} numbers. Is config.json from the same model as the weights?"
+        )
 
 
 def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:

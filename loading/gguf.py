@@ -70,21 +70,31 @@ class Header:
         """An architecture-scoped metadata value, e.g. get("context_length") reads "llama.context_length"."""
         return _meta(self.file, f"{self.arch}.{key}", default, required)
 
+    def size(self, key: str, default=None) -> int:
+        """A size from the metadata, which must be a positive integer (a crafted 0 would divide by zero later)."""
+        value = self.get(key, default, required=default is None)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(
+                f"{self.file.path.name}: metadata {self.arch}.{key} is {value!r}; it must be a positive integer "
+                "(the file is damaged or was not written by a GGUF converter)."
+            )
+        return value
+
     @property
     def n_layers(self) -> int:
-        return int(self.get("block_count", required=True))
+        return self.size("block_count")
 
     @property
     def n_heads(self) -> int:
-        return int(self.get("attention.head_count", required=True))
+        return self.size("attention.head_count")
 
     @property
     def d_model(self) -> int:
-        return int(self.get("embedding_length", required=True))
+        return self.size("embedding_length")
 
     @property
     def head_dim(self) -> int:
-        return int(self.get("attention.key_length", self.d_model // self.n_heads))
+        return self.size("attention.key_length", self.d_model // self.n_heads)
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,9 @@ class GGUFCheckpoint:
     def names(self) -> list[str]:
         return list(self.tensor_names)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.sources[name][0].shape
+
     def get(self, name: str) -> torch.Tensor:
         return self.get_tensor(name)
 
@@ -234,7 +247,15 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     arch, tensors = ARCHITECTURES[arch_name], file.tensors
     h = Header(file, arch_name)
     n_layers, n_heads = h.n_layers, h.n_heads
-    n_kv = int(h.get("attention.head_count_kv", n_heads))
+    n_kv = h.size("attention.head_count_kv", n_heads)
+    # The per-layer name table below has block_count entries per layer name: check the count against the
+    # layers the file has tensors for first, so that a crafted block_count costs nothing.
+    present = {int(m.group(1)) for name in tensors if (m := re.match(r"blk\.(\d+)\.", name))}
+    if n_layers > len(present):
+        raise ValueError(
+            f"{path.name}: metadata {arch_name}.block_count says {n_layers} layers, but the file has tensors for "
+            f"{len(present)}; the file is damaged or its metadata does not describe its tensors."
+        )
     sources, unexpected = {}, []
     for name, tensor in tensors.items():
         match = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)", name)
@@ -264,13 +285,13 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
         "model_type": arch.model_type,
         "vocab_size": int(tensors["token_embd.weight"].shape[0]),
         "hidden_size": h.d_model,
-        "intermediate_size": int(h.get("feed_forward_length", required=True)),
+        "intermediate_size": h.size("feed_forward_length"),
         "num_hidden_layers": n_layers,
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
         "head_dim": h.head_dim,
         "rms_norm_eps": float(h.get("attention.layer_norm_rms_epsilon", required=True)),
-        "max_position_embeddings": int(h.get("context_length", required=True)),
+        "max_position_embeddings": h.size("context_length"),
         "tie_word_embeddings": "lm_head.weight" not in sources,
         "attention_bias": "model.layers.0.self_attn.q_proj.bias" in sources,
         **arch.config(h),

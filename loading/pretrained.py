@@ -17,7 +17,14 @@ from hooked.loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint
 from hooked.loading.convert import M, adapter_for, build, model_config
 from hooked.loading.gguf import read_gguf
 from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
-from hooked.loading.resolve import folder_tokenizer, gguf_file, read_config, resolve, tokenizer_setting
+from hooked.loading.resolve import (
+    folder_tokenizer,
+    gguf_file,
+    raw_config,
+    read_config,
+    resolve,
+    tokenizer_setting,
+)
 from hooked.processing import process_weights_
 
 PROCESSING_FLAGS = (
@@ -40,10 +47,14 @@ def load_pretrained(
     n_ctx: int | None = None,
     first_n_layers: int | None = None,
     revision: str | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> M:
     """`cls.from_pretrained`: a `cls` built from the checkpoint `name_or_path` names (see `resolve`) or from
-    `hf_model`, with its tokenizer; weight processing only where a flag asks for it."""
+    `hf_model`, with its tokenizer; weight processing only where a flag asks for it.
+
+    `trust_remote_code=True` lets transformers run the custom tokenizer or config code a checkpoint folder
+    names (`auto_map`); off by default, where such a folder is refused with an error saying so."""
     processing = {flag: kwargs.pop(flag) for flag in PROCESSING_FLAGS if flag in kwargs}
     if "torch_dtype" in kwargs:  # transformers' older name, used in many notebooks
         dtype = kwargs.pop("torch_dtype")
@@ -79,8 +90,9 @@ def load_pretrained(
             tokenizer = tokenizer_from_gguf(checkpoint)
     else:
         folder = resolve(str(name_or_path), revision)
-        hf_config = read_config(folder)
-        checkpoint = SafetensorsCheckpoint(folder)
+        raw_config(folder)  # an unsupported architecture is named before missing weights are
+        checkpoint = SafetensorsCheckpoint(folder)  # its tensor names bound what the config may ask for
+        hf_config = read_config(folder, trust_remote_code, checkpoint.names())
     try:
         model = build(
             cls, hf_config, checkpoint, dtype=dtype, device=device, n_ctx=n_ctx, first_n_layers=first_n_layers
@@ -90,7 +102,7 @@ def load_pretrained(
     # Off by default (unlike TransformerLens), so a plain load gives Hugging Face's numbers.
     process_weights_(model, **{flag: processing.get(flag, False) for flag in PROCESSING_FLAGS})
     if folder is not None:
-        tokenizer = tokenizer or folder_tokenizer(folder)
+        tokenizer = tokenizer or folder_tokenizer(folder, trust_remote_code)
         add_bos = tokenizer_setting(folder, "add_bos_token")
     model.set_tokenizer(tokenizer, default_padding_side=padding_side)
     # Prepend BOS by default (TransformerLens's convention) unless the checkpoint says its tokenizer
@@ -116,7 +128,10 @@ def pretrained_config(
         hf_config = checkpoint.config
         checkpoint.close()
     else:
-        hf_config = read_config(resolve(str(name_or_path), revision))
+        folder = resolve(str(name_or_path), revision)
+        checkpoint = SafetensorsCheckpoint(folder)  # tensor names only (headers), to bound the layer count
+        hf_config = read_config(folder, tensor_names=checkpoint.names())
+        checkpoint.close()
     device = torch.device(device) if device is not None else torch.device("cpu")
     cfg = model_config(hf_config, as_dtype(dtype), device, n_ctx, first_n_layers)
     if default_prepend_bos is not None:
@@ -140,6 +155,11 @@ DTYPE_NAMES = {
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """A torch dtype from itself or a name ("bfloat16", "torch.float16", "fp32", ...)."""
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(
+                f"dtype {dtype} cannot hold model weights; use a floating-point dtype "
+                "(torch.float32, torch.bfloat16, torch.float16 or torch.float64)."
+            )
         return dtype
     name = str(dtype).removeprefix("torch.").lower()
     if name not in DTYPE_NAMES:

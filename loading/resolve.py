@@ -3,14 +3,15 @@ folder, or a hub id (downloaded, only the files a load needs)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 from hooked.loading.aliases import hub_id
-from hooked.loading.convert import adapter_for
+from hooked.loading.checkpoint import read_json
+from hooked.loading.convert import adapter_for, check_layer_count
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 
@@ -68,25 +69,72 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
         ) from error
 
 
-def read_config(folder: Path) -> dict[str, Any]:
+# The names families give their layer count in config.json (transformers maps them to num_hidden_layers).
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def raw_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json as written; a missing file, invalid JSON or an unsupported architecture
+    is an error naming it."""
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json, so its architecture is unknown.")
-    adapter_for(json.loads(path.read_text()))  # an unsupported architecture fails here, by name
+    content = read_json(path)
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} holds a JSON {type(content).__name__}, not an object of config fields.")
+    adapter_for(content)
+    return content
+
+
+def read_config(folder: Path, trust_remote_code: bool = False, tensor_names: list[str] | None = None) -> dict[str, Any]:
+    """The folder's config.json with transformers' defaults filled in. Custom code a config names
+    (`auto_map`) runs only with `trust_remote_code=True`. With the checkpoint's `tensor_names`, a layer
+    count beyond the layers they hold is refused first (transformers builds per-layer lists from it)."""
+    content = raw_config(folder)
+    path = folder / "config.json"
+    _, adapter = adapter_for(content)
+    for field in LAYER_COUNT_FIELDS:
+        if tensor_names is not None and isinstance(content.get(field), int):
+            check_layer_count(content[field], tensor_names, adapter, f"{path}'s {field}")
     from transformers import AutoConfig  # fills in the family's defaults for fields the file omits
 
-    return AutoConfig.from_pretrained(folder).to_dict()
+    with _remote_code_refused(path):
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code).to_dict()
 
 
-def folder_tokenizer(folder: Path):
+def folder_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The folder's tokenizer, or None where it has none. Custom tokenizer code (an `auto_map` in
+    tokenizer_config.json) runs only with `trust_remote_code=True`."""
     names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
     if not any((folder / name).exists() for name in names):
         return None
+    if (folder / "tokenizer_config.json").exists():
+        read_json(folder / "tokenizer_config.json")  # invalid JSON is named here, not deep in transformers
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    with _remote_code_refused(folder / "tokenizer_config.json"):
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def _remote_code_refused(path: Path):
+    """Say how to opt in where transformers refuses a file's custom code (we pass trust_remote_code=False
+    rather than leave it unset, where transformers would stop and ask on the terminal)."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{path} asks to run custom Python code from the checkpoint folder, which is off by default. If you "
+            "trust its author, pass from_pretrained(..., trust_remote_code=True); otherwise pass tokenizer= "
+            f"(or remove its auto_map). transformers said: {error}"
+        ) from None
 
 
 def tokenizer_setting(folder: Path, key: str) -> Any:
     path = folder / "tokenizer_config.json"
-    return json.loads(path.read_text()).get(key) if path.exists() else None
+    if not path.exists():
+        return None
+    content = read_json(path)
+    return content.get(key) if isinstance(content, dict) else None

@@ -14,6 +14,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooked.config import HookedTransformerConfig
+
 
 class LayerKV:
     def __init__(self) -> None:
@@ -54,6 +56,25 @@ class KVCache:
     @classmethod
     def for_model(cls, model) -> KVCache:
         return cls(model.cfg.n_layers)
+
+    def check_fits(self, cfg: HookedTransformerConfig, dtype: torch.dtype, device: torch.device) -> None:
+        """Refuse a cache made for another model (other layer count, key/value heads, head size, dtype or
+        device): its keys would be mixed with this model's, or fail deep inside attention."""
+        if len(self.layers) != cfg.n_layers:
+            raise ValueError(
+                f"This KVCache has {len(self.layers)} layers but the model has {cfg.n_layers}; it was made for "
+                "another model. Make one for this model with KVCache.for_model(model)."
+            )
+        keys = self.layers[0].keys
+        if keys is None:
+            return
+        expected = (cfg.n_key_value_heads, cfg.d_head)
+        if tuple(keys.shape[2:]) != expected or keys.dtype != dtype or keys.device != device:
+            raise ValueError(
+                f"This KVCache holds keys of {keys.shape[2]} heads x {keys.shape[3]} ({keys.dtype}, {keys.device}) "
+                f"but the model's are {expected[0]} heads x {expected[1]} ({dtype}, {device}); it was made for "
+                "another model (or before model.to()). Make one for this model with KVCache.for_model(model)."
+            )
 
     @contextlib.contextmanager
     def rollback_on_error(self):
