@@ -52,6 +52,11 @@ def get_pretrained_model_config(model_name: str, hf_cfg: dict | None = None, **k
     return pretrained_config(model_name, **kwargs)
 
 
+def convert_hf_model_config(model_name: str, **kwargs: Any) -> dict[str, Any]:
+    """TransformerLens's `convert_hf_model_config`: the config's fields as a dict (see get_pretrained_model_config)."""
+    return get_pretrained_model_config(model_name, **kwargs).to_dict()
+
+
 def get_official_model_name(model_name: str) -> str:
     """The hub id a TransformerLens short name stands for (any other name as it is)."""
     return aliases.hub_id(model_name)
@@ -89,6 +94,7 @@ def _modules() -> dict[str, types.ModuleType]:
     loading_from_pretrained = {
         "get_pretrained_model_config": get_pretrained_model_config,
         "get_official_model_name": get_official_model_name,
+        "convert_hf_model_config": convert_hf_model_config,
         "OFFICIAL_MODEL_NAMES": official,
         "MODEL_ALIASES": {hub: [s for s, h in aliases.ALIASES.items() if h == hub] for hub in official},
         "DTYPE_FROM_STRING": dict(DTYPE_NAMES),

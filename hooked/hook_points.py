@@ -15,15 +15,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from hooked.cache_mapping import CacheMapping
-from hooked.names import Slice, position_axis
+from hooked.caching import CachingMixin
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
-NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 Direction = Literal["fwd", "bwd"]
 
 
@@ -231,18 +229,7 @@ def _hook_pairs(hooks: Sequence[tuple], argument: str) -> list[tuple]:
     return pairs
 
 
-def _name_predicate(names: NamesFilter) -> Callable[[str], bool]:
-    if names is None:
-        return lambda name: True
-    if isinstance(names, str):
-        return lambda name: name == names
-    if callable(names):
-        return names
-    wanted = set(names)
-    return lambda name: name in wanted
-
-
-class HookedRootModule(nn.Module):
+class HookedRootModule(CachingMixin, nn.Module):
     """Base for a module tree whose HookPoints are addressed by name. Call `setup()` after building.
 
     `run_with_cache` returns a `cache_class`. This layer knows only `CacheMapping`; the analysis layer's
@@ -351,99 +338,3 @@ class HookedRootModule(nn.Module):
         fire when the returned output is back-propagated, even after this call has removed them."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             return self(*model_args, **model_kwargs)
-
-    # ---- caching --------------------------------------------------------------------------
-
-    def get_caching_hooks(
-        self,
-        names_filter: NamesFilter = None,
-        incl_bwd: bool = False,
-        device: torch.device | str | None = None,
-        remove_batch_dim: bool = False,
-        cache: dict | None = None,
-        pos_slice: Any = None,
-    ) -> tuple[dict, list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
-        """Hooks that store activations (and with `incl_bwd`, gradients as `<name>_grad`) in `cache`."""
-        cache = {} if cache is None else cache
-        wanted = _name_predicate(names_filter)
-        slicer = Slice(pos_slice)
-
-        def store(key: str):
-            def hook(tensor: Tensor, hook: HookPoint) -> None:
-                kept = tensor.detach()
-                if pos_slice is not None and getattr(hook, "batch_axis", True):
-                    kept = slicer.apply(kept, dim=position_axis(hook.name, kept))
-                if remove_batch_dim and getattr(hook, "batch_axis", True):
-                    kept = kept[0]
-                cache[key] = kept.to(device) if device is not None else kept
-
-            hook.read_only = True  # it never changes the activation (see HookPoint.has_editing_hooks)
-            return hook
-
-        names = [name for name in self.hook_dict if wanted(name)]
-        fwd = [(name, store(name)) for name in names]
-        bwd = [(name, store(name + "_grad")) for name in names] if incl_bwd else []
-        return cache, fwd, bwd
-
-    def add_caching_hooks(
-        self,
-        names_filter: NamesFilter = None,
-        incl_bwd: bool = False,
-        device: torch.device | str | None = None,
-        remove_batch_dim: bool = False,
-        cache: dict | None = None,
-    ) -> dict:
-        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
-        for name, fn in fwd:
-            self.add_hook(name, fn, dir="fwd")
-        for name, fn in bwd:
-            self.add_hook(name, fn, dir="bwd")
-        return cache
-
-    def cache_all(self, cache: dict, incl_bwd: bool = False, device=None, remove_batch_dim: bool = False) -> None:
-        """EasyTransformer's form of add_caching_hooks: every hook point fills `cache` until reset_hooks()."""
-        self.add_caching_hooks(None, incl_bwd, device, remove_batch_dim, cache)
-
-    def cache_some(
-        self, cache: dict, names: NamesFilter, incl_bwd: bool = False, device=None, remove_batch_dim: bool = False
-    ) -> None:
-        """cache_all for the hook points `names` selects (a name, a list, or a predicate)."""
-        self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
-
-    def run_with_cache(
-        self,
-        *model_args,
-        names_filter: NamesFilter = None,
-        device=None,
-        remove_batch_dim: bool = False,
-        incl_bwd: bool = False,
-        reset_hooks_end: bool = True,
-        clear_contexts: bool = False,
-        pos_slice: Any = None,
-        return_cache_object: bool = True,
-        **model_kwargs,
-    ):
-        """Run forward and return (output, cache of every activation the filter selects).
-
-        With `incl_bwd=True` the output (which must be a scalar, e.g. `return_type="loss"`) is
-        back-propagated here and gradients land in the cache as `<name>_grad`.
-        """
-        if incl_bwd and (torch.is_inference_mode_enabled() or not torch.is_grad_enabled()):
-            raise RuntimeError(
-                "run_with_cache(incl_bwd=True) back-propagates, which torch.inference_mode() / torch.no_grad() "
-                "switch off; call it outside them."
-            )
-        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, pos_slice=pos_slice)
-        with self.hooks(fwd, bwd, reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts):
-            output = self(*model_args, **model_kwargs)
-            if incl_bwd:
-                if not isinstance(output, Tensor) or output.ndim != 0:
-                    shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                    raise ValueError(
-                        f"run_with_cache(incl_bwd=True) back-propagates the output, which must be a scalar, but it "
-                        f"is {shape}; pass return_type='loss' (or reduce the output to one number)."
-                    )
-                output.backward()
-        if not return_cache_object:
-            return output, cache
-        return output, self.cache_class(cache, self, has_batch_dim=not remove_batch_dim)

@@ -20,12 +20,14 @@ from hooked.analysis.losses import lm_cross_entropy_loss
 from hooked.components.block import Position, make_block
 from hooked.components.embeddings import Embed, PosEmbed, Unembed
 from hooked.components.kv_cache import KVCache
+from hooked.components.masks import positions_and_masks
 from hooked.components.norms import make_norm
 from hooked.components.positional import Rotary
 from hooked.config import HookedTransformerConfig
 from hooked.generation import generate, generate_stream
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.loading import load_pretrained
+from hooked.tl_methods import TransformerLensMethods
 from hooked.tl_state_dict import accept_transformerlens_keys
 from hooked.weights import WeightsMixin
 
@@ -45,7 +47,7 @@ def _named_tokenizer(name: str):
         ) from error
 
 
-class HookedTransformer(WeightsMixin, HookedRootModule):
+class HookedTransformer(TransformerLensMethods, WeightsMixin, HookedRootModule):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
 
     def __init__(
@@ -133,7 +135,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
 
     def forward(
         self,
-        input: str | list[str] | Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
+        input: str | list[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"] | Float[Tensor, "batch pos d_model"],
         return_type: ReturnType = "logits",
         loss_per_token: bool = False,
         prepend_bos: bool | None = None,
@@ -179,7 +181,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
                 residual, positions, masks = self._embed(tokens, attention_mask, past_kv_cache)
             else:
                 residual = input
-                positions, masks = self._positions_and_mask(attention_mask, *residual.shape[:2], residual.device)
+                positions, masks = positions_and_masks(self.cfg, attention_mask, *residual.shape[:2], residual.device)
             rotaries = self._rotaries(positions, residual.dtype)
             for layer in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
                 past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
@@ -207,30 +209,6 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
             return logits, loss
         raise ValueError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}.")
 
-    def input_to_embed(
-        self,
-        input: str | list[str] | Int[Tensor, "batch pos"],
-        prepend_bos: bool | None = None,
-        padding_side: tokenization.PaddingSide | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
-        past_kv_cache: KVCache | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """TransformerLens's first step of the forward pass: (the residual entering block 0, the tokens, a
-        shortformer model's position embedding or None, the attention mask or None where none is needed)."""
-        if isinstance(input, (str, list)):
-            tokens, attention_mask = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate=False)
-        else:
-            tokens = input.unsqueeze(0) if input.ndim == 1 else input
-            if attention_mask is None and past_kv_cache is None:
-                attention_mask = tokenization.left_padding_mask(self, tokens)
-        residual, positions, _ = self._embed(tokens, attention_mask, past_kv_cache)
-        shortformer = None
-        if self.cfg.positional_embedding_type == "shortformer":
-            shortformer = self.hook_pos_embed(self.pos_embed(positions))
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None
-        return residual, tokens.to(residual.device), shortformer, attention_mask
-
     def _check_residual(self, residual, start_at_layer: int) -> None:
         is_residual = isinstance(residual, Tensor) and residual.is_floating_point() and residual.ndim == 3
         if not is_residual or residual.shape[-1] != self.cfg.d_model:
@@ -251,7 +229,7 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
                 f"n_ctx={self.cfg.n_ctx}; truncate it (model.to_tokens(text, truncate=True)) or pass a shorter input."
             )
         tokens = self.hook_tokens(tokens.to(self.embed.W_E.device))
-        positions, masks = self._positions_and_mask(attention_mask, *tokens.shape, tokens.device, cache)
+        positions, masks = positions_and_masks(self.cfg, attention_mask, *tokens.shape, tokens.device, cache)
         residual = self.hook_embed(self.embed(tokens))
         if self.cfg.positional_embedding_type == "standard":  # shortformer positions go to attention instead
             residual = residual + self.hook_pos_embed(self.pos_embed(positions))
@@ -269,50 +247,6 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         rotary = self.rotary(positions, dtype)
         local = self.rotary_local(positions, dtype) if hasattr(self, "rotary_local") else rotary
         return {"global": rotary, "local": local}
-
-    def _positions_and_mask(
-        self, attention_mask: Tensor | None, batch: int, n_new: int, device: torch.device, cache: KVCache | None = None
-    ) -> tuple[Tensor, dict[str, Tensor | None]]:
-        """Positions of the new tokens (counting real tokens only) and the attention masks
-        [batch, 1, n_new, past + n_new] of global and local layers, None where plain causal
-        attention is right."""
-        past = len(cache) if cache is not None else 0
-        shapes = [(batch, n_new)] + ([(n_new,)] if batch == 1 else [])  # a 1-D mask goes with 1-D tokens
-        if attention_mask is not None and tuple(attention_mask.shape) not in shapes:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but the input is [batch={batch}, "
-                f"pos={n_new}]; the mask needs one entry per input token (1 = real, 0 = padding)"
-                + (", for the new tokens only when past_kv_cache is given." if cache is not None else ".")
-            )
-        new_mask = (
-            torch.ones(batch, n_new, dtype=torch.long, device=device)
-            if attention_mask is None
-            else attention_mask.reshape(batch, n_new)
-        )
-        full_mask = cache.extend_mask(new_mask.to(device)) if cache is not None else new_mask.to(device)
-        total = past + n_new
-        if bool(full_mask.all()):
-            positions = torch.arange(past, total, device=device).expand(batch, n_new)
-            return positions, {"global": None, "local": self._sliding(None, batch, n_new, total, device)}
-        positions = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-        causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(past)
-        mask = causal & full_mask.bool()[:, None, None, :]
-        # A padding query that sees no key would softmax to NaN; let it see itself (its output is unused).
-        itself = torch.zeros(n_new, total, dtype=torch.bool, device=device)
-        itself[torch.arange(n_new), torch.arange(past, total)] = True
-        mask = mask | itself
-        return positions, {"global": mask, "local": self._sliding(mask, batch, n_new, total, device)}
-
-    def _sliding(self, mask: Tensor | None, batch: int, n_new: int, total: int, device: torch.device) -> Tensor | None:
-        window = self.cfg.sliding_window
-        if window is None or total <= window:
-            return mask
-        query = torch.arange(total - n_new, total, device=device)
-        in_window = (query[:, None] - torch.arange(total, device=device)[None, :]) < window
-        if mask is None:
-            causal = torch.ones(n_new, total, dtype=torch.bool, device=device).tril(total - n_new)
-            mask = causal.expand(batch, 1, n_new, total)
-        return mask & in_window
 
     # ---- settings -----------------------------------------------------------------------------
 
@@ -350,12 +284,6 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
     @default_prepend_bos.setter
     def default_prepend_bos(self, value: bool) -> None:
         self.cfg.default_prepend_bos = bool(value)
-
-    @property
-    def n_params_total(self) -> int:
-        """Every parameter's element count (embeddings, biases and norms included); cfg.n_params counts
-        only the attention and MLP weight matrices, TransformerLens's scaling-laws convention."""
-        return sum(p.numel() for p in self.parameters())
 
     @property
     def device(self) -> torch.device:
@@ -446,23 +374,3 @@ class HookedTransformer(WeightsMixin, HookedRootModule):
         processing.process_weights_(
             self, fold_ln, center_writing_weights, center_unembed, fold_value_biases, refactor_factored_attn_matrices
         )
-
-    # ---- TransformerLens's flags --------------------------------------------------------------
-
-    def set_use_attn_result(self, use_attn_result: bool) -> None:
-        """Accepted for TransformerLens code; nothing to switch: hooks on attn.hook_result always work."""
-        self.cfg.use_attn_result = bool(use_attn_result)  # recorded for code that reads it; hooks work either way
-
-    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
-        """Accepted for TransformerLens code; hook_q_input / hook_k_input / hook_v_input always work."""
-        self.cfg.use_split_qkv_input = bool(
-            use_split_qkv_input
-        )  # recorded for code that reads it; hooks work either way
-
-    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
-        """Accepted for TransformerLens code; hook_mlp_in always works."""
-        self.cfg.use_hook_mlp_in = bool(use_hook_mlp_in)  # recorded for code that reads it; hooks work either way
-
-    def set_use_attn_in(self, use_attn_in: bool) -> None:
-        """Accepted for TransformerLens code; hook_attn_in always works."""
-        self.cfg.use_attn_in = bool(use_attn_in)  # recorded for code that reads it; hooks work either way

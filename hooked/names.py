@@ -1,4 +1,5 @@
-"""Names and indices shared by every layer: hook-name shorthand, `Slice`, and which axis is "position".
+"""Names and indices shared by every layer: hook-name shorthand, name filters, `Slice`, and which axis is
+"position".
 
 The lowest layer beside the config: nothing here knows about modules or models. `get_act_name`
 follows TransformerLens's shorthand (its `utils.get_act_name`), and `hooked.utils` re-exports all three.
@@ -7,6 +8,7 @@ follows TransformerLens's shorthand (its `utils.get_act_name`), and `hooked.util
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -89,6 +91,21 @@ class Slice:
 
     def __repr__(self) -> str:
         return f"Slice({self.slice!r})"
+
+
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]  # which hook points: see name_predicate
+
+
+def name_predicate(names: NamesFilter) -> Callable[[str], bool]:
+    """A predicate on hook names from a filter: None (every name), a name, a list of names, or a predicate."""
+    if names is None:
+        return lambda name: True
+    if isinstance(names, str):
+        return lambda name: name == names
+    if callable(names):
+        return names
+    wanted = set(names)
+    return lambda name: name in wanted
 
 
 def position_axis(name: str | None, tensor: Tensor) -> int:

@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hooked.analysis.activation_cache import ActivationCache
-from hooked.hook_points import NamesFilter, _name_predicate
+from hooked.names import NamesFilter, name_predicate
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 ResidComponent = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -59,7 +59,7 @@ def attribution_patch(
             f"Clean tokens {tuple(clean_tokens.shape)} and corrupted tokens {tuple(corrupted_tokens.shape)} must "
             "have the same shape to be patched position by position."
         )
-    wanted = _name_predicate(names_filter) if names_filter is not None else _default_filter
+    wanted = name_predicate(names_filter) if names_filter is not None else _default_filter
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean_tokens, names_filter=wanted)
     names = [name for name, act in clean_cache.items() if act.is_floating_point()]
