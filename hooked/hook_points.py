@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -116,9 +117,17 @@ class HookPoint(nn.Module):
 
     def _wrap_forward(self, fn: HookFn):
         def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> Tensor | None:
-            result = fn(output, self)
-            if result is None:
-                return None
+            if output.requires_grad and not getattr(fn, "read_only", False):
+                # An in-place edit (`z[:, :, 4] = 0`) must not change a tensor autograd saved for the backward
+                # pass (fused attention saves its output, softmax its pattern): the hook edits a copy.
+                output = output.clone()
+                result = fn(output, self)
+                if result is None:
+                    return output
+            else:
+                result = fn(output, self)
+                if result is None:
+                    return None
             if not isinstance(result, Tensor):
                 raise TypeError(f"Hook on {self.name!r} returned {type(result).__name__}; return a Tensor or None.")
             if result.shape != output.shape:
@@ -229,6 +238,13 @@ def _hook_pairs(hooks: Sequence[tuple], argument: str) -> list[tuple]:
     return pairs
 
 
+_THREAD_LOCK = threading.Lock()
+_CONCURRENT_USE = (
+    "This model is running hooks() / run_with_hooks / run_with_cache in another thread. Hooks are attached to "
+    "the model, so this run would use that thread's hooks; give each thread its own model (copy.deepcopy(model))."
+)
+
+
 class HookedRootModule(CachingMixin, nn.Module):
     """Base for a module tree whose HookPoints are addressed by name. Call `setup()` after building.
 
@@ -313,6 +329,7 @@ class HookedRootModule(CachingMixin, nn.Module):
         """
         # A fresh level per call (never reused), so nested or earlier contexts keep their hooks.
         fwd_hooks, bwd_hooks = _hook_pairs(fwd_hooks, "fwd_hooks"), _hook_pairs(bwd_hooks, "bwd_hooks")
+        self._enter_hook_context()
         level = getattr(self, "_last_hook_level", 0) + 1
         self._last_hook_level = level
         try:
@@ -322,8 +339,33 @@ class HookedRootModule(CachingMixin, nn.Module):
                 self.add_hook(name, fn, dir="bwd", level=level)
             yield self
         finally:
-            if reset_hooks_end:
-                self.reset_hooks(clear_contexts=clear_contexts, level=level)
+            try:
+                if reset_hooks_end:
+                    self.reset_hooks(clear_contexts=clear_contexts, level=level)
+            finally:
+                self._leave_hook_context()
+
+    # ---- threads: hooks belong to the model, so one thread's hooks() would act on another's runs --------
+
+    def _enter_hook_context(self) -> None:
+        with _THREAD_LOCK:
+            owner, depth = self.__dict__.get("_hook_context", (None, 0))
+            me = threading.get_ident()
+            if depth and owner != me:
+                raise RuntimeError(_CONCURRENT_USE)
+            self.__dict__["_hook_context"] = (me, depth + 1)
+
+    def _leave_hook_context(self) -> None:
+        with _THREAD_LOCK:
+            owner, depth = self.__dict__["_hook_context"]
+            self.__dict__["_hook_context"] = (owner if depth > 1 else None, depth - 1)
+
+    def check_thread(self) -> None:
+        """Refuse a run from one thread while another thread's hooks() / run_with_hooks / run_with_cache is
+        active on this model: that run would silently use the other thread's hooks."""
+        owner, depth = self.__dict__.get("_hook_context", (None, 0))
+        if depth and owner != threading.get_ident():
+            raise RuntimeError(_CONCURRENT_USE)
 
     def run_with_hooks(
         self,

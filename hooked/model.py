@@ -157,6 +157,7 @@ class HookedTransformer(TransformerLensMethods, WeightsMixin, HookedRootModule):
         `logits_to_keep=n` runs the final norm and unembedding on the last n positions only (as
         transformers' argument of that name; generation uses 1); 0 keeps them all.
         """
+        self.check_thread()
         # Inputs are checked here, cheaply (one min/max of the ids), so that a wrong one is named rather
         # than failing deep inside torch.
         if isinstance(input, (str, list)):
