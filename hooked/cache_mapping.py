@@ -6,6 +6,7 @@ module tree, and `ActivationCache` (which adds the residual-stream analysis) for
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -43,9 +44,9 @@ class CacheMapping(Mapping):
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._key(key)
         if name not in self.cache_dict:
-            raise KeyError(
-                f"{name!r} is not in this cache ({len(self.cache_dict)} entries). Was it excluded by names_filter?"
-            )
+            close = difflib.get_close_matches(name, list(self.cache_dict), n=5, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else " Was it excluded by names_filter?"
+            raise KeyError(f"{name!r} is not in this cache ({len(self.cache_dict)} entries).{hint}")
         return self.cache_dict[name]
 
     def __iter__(self) -> Iterator[str]:

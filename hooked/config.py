@@ -271,6 +271,12 @@ class HookedTransformerConfig:
             return self.attn_types[layer]
         return "local" if self.sliding_window is not None else "global"
 
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head `head` reads (grouped-query attention: heads share one per group)."""
+        if not 0 <= head < self.n_heads:
+            raise IndexError(f"query head {head} does not exist: this model has {self.n_heads} heads per layer.")
+        return head // self.n_key_value_groups
+
     @property
     def n_key_value_groups(self) -> int:
         """How many query heads share one key/value head."""

@@ -29,9 +29,12 @@ Direction = Literal["fwd", "bwd"]
 class HookPoint(nn.Module):
     """An identity module that gives hook functions access to the activation passing through it."""
 
-    def __init__(self) -> None:
+    def __init__(self, kv_of_heads: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.name: str | None = None
+        # (n_heads, n_key_value_heads) on a grouped-query model's key/value points, whose head axis is the
+        # kv heads: an index past them in a hook is then explained (a query-head index, most likely).
+        self.kv_of_heads = kv_of_heads
         self.ctx: dict[Any, Any] = {}
         # False where the activation's first axis is not the batch (a mixture-of-experts expert sees the
         # tokens routed to it, flattened): caching then neither drops a batch axis nor slices positions.
@@ -117,17 +120,19 @@ class HookPoint(nn.Module):
 
     def _wrap_forward(self, fn: HookFn):
         def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> Tensor | None:
-            if output.requires_grad and not getattr(fn, "read_only", False):
+            copied = output.requires_grad and not getattr(fn, "read_only", False)
+            if copied:
                 # An in-place edit (`z[:, :, 4] = 0`) must not change a tensor autograd saved for the backward
                 # pass (fused attention saves its output, softmax its pattern): the hook edits a copy.
                 output = output.clone()
+            try:
                 result = fn(output, self)
-                if result is None:
-                    return output
-            else:
-                result = fn(output, self)
-                if result is None:
-                    return None
+            except IndexError as error:
+                if self.kv_of_heads is None:
+                    raise
+                raise IndexError(self._kv_heads_hint(error)) from error
+            if result is None:
+                return output if copied else None
             if not isinstance(result, Tensor):
                 raise TypeError(f"Hook on {self.name!r} returned {type(result).__name__}; return a Tensor or None.")
             if result.shape != output.shape:
@@ -139,6 +144,14 @@ class HookPoint(nn.Module):
             return result
 
         return forward_hook
+
+    def _kv_heads_hint(self, error: IndexError) -> str:
+        n_heads, n_kv = self.kv_of_heads
+        return (
+            f"{error} in a hook on {self.name!r}: it has {n_kv} key/value heads in this grouped-query model "
+            f"({n_heads} query heads; query head h reads kv head h // {n_heads // n_kv}, model.cfg.kv_head(h)). "
+            "To ablate one query head, hook attn.hook_z or attn.hook_result, which have a query-head axis."
+        )
 
     def _wrap_backward(self, fn: HookFn):
         def backward_hook(module: nn.Module, grad_input, grad_output) -> tuple[Tensor] | None:

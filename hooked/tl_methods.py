@@ -1,5 +1,5 @@
 """TransformerLens's methods that code written for it calls on a model, beyond the forward pass: its first
-step (`input_to_embed`), the total parameter count, and the `set_use_*` switches (every hook point works
+step (`input_to_embed`), `loss_fn`, the total parameter count, and the `set_use_*` switches (every hook point works
 here without them; they are recorded in cfg for code that reads them).
 
 A mixin of `HookedTransformer`, kept apart so the model class stays the forward pass.
@@ -13,6 +13,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from hooked import tokenization
+from hooked.analysis.losses import lm_cross_entropy_loss
 from hooked.components.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -43,6 +44,17 @@ class TransformerLensMethods:
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
         return residual, tokens.to(residual.device), shortformer, attention_mask
+
+    def loss_fn(
+        self: HookedTransformer,
+        logits: Tensor,
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        per_token: bool = False,
+    ) -> Tensor:
+        """Next-token cross-entropy of `logits` for `tokens` (TransformerLens's method; the forward pass's
+        `return_type="loss"` computes the same)."""
+        return lm_cross_entropy_loss(logits, tokens, attention_mask, per_token)
 
     @property
     def n_params_total(self: HookedTransformer) -> int:

@@ -301,3 +301,31 @@ def test_get_device_names_a_device_torch_has():
     assert isinstance(device, torch.device)
     assert device.type == ("cuda" if torch.cuda.is_available() else device.type)
     assert math.isfinite(torch.ones(1, device=device).sum().item())
+
+
+def test_notebook_names_and_messages(model, tokens):
+    """What a TransformerLens user's first afternoon hit: loss_fn, CircuitsVis's spelling, a cache-key typo,
+    and the Main Demo's hook_v head ablation on a grouped-query model."""
+    with torch.no_grad():
+        logits = model(tokens)
+        assert torch.equal(model.loss_fn(logits, tokens), model(tokens, return_type="loss"))
+        _, cache = model.run_with_cache(tokens)
+    with pytest.raises(KeyError, match="Did you mean: blocks.0.attn.hook_pattern"):
+        cache["blocks.0.attn.hook_patern"]
+
+    def ablate_head_3(value, hook):
+        value[:, :, 3, :] = 0.0  # head 3 of 4 query heads; hook_v has 2 kv heads here
+
+    with pytest.raises(IndexError, match=r"2 key/value heads.*query head h reads kv head h // 2.*hook_z"):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_v", ablate_head_3)])
+    assert not any(hp.has_hooks for hp in model.hook_dict.values())
+    assert [model.cfg.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
+    with pytest.raises(IndexError, match="4 heads"):
+        model.cfg.kv_head(4)
+
+    from hooked import visualization as cv
+
+    view = cv.attention.attention_patterns(tokens=["a", "b", "c"], attention=torch.rand(2, 3, 3).softmax(-1))
+    assert isinstance(view, cv.AttentionView) and '"b"' in view.html()
+    heads = cv.attention.attention_heads(attention=torch.rand(2, 3, 3).softmax(-1), tokens=["x", "y", "z"])
+    assert '"y"' in heads.html()

@@ -71,15 +71,16 @@ class Attention(nn.Module):
         self.b_O = nn.Parameter(torch.zeros(D)) if cfg.attn_out_bias else None
 
         self.hook_q = HookPoint()  # [batch, pos, n_heads, d_head]
-        self.hook_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
-        self.hook_v = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+        grouped = (H, Hkv) if Hkv < H else None  # lets a hook's bad head index be explained
+        self.hook_k = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_head]
+        self.hook_v = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_head]
         if cfg.qk_norm is not None:
             self.q_norm = make_qk_norm(cfg, H)
             self.k_norm = make_qk_norm(cfg, Hkv)
         if cfg.positional_embedding_type == "rotary":
             self.rotate = apply_rotary_adjacent if cfg.rotary_adjacent_pairs else apply_rotary
             self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
-            self.hook_rot_k = HookPoint()  # [batch, pos, n_kv_heads, d_head]
+            self.hook_rot_k = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, n_heads, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, n_heads, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, n_heads, d_head]

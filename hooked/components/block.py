@@ -45,8 +45,9 @@ class Block(nn.Module):
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, n_heads, d_model]
         self.hook_q_input = HookPoint()  # [batch, pos, n_heads, d_model]
-        self.hook_k_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
-        self.hook_v_input = HookPoint()  # [batch, pos, n_kv_heads, d_model]
+        grouped = (cfg.n_heads, cfg.n_key_value_heads) if cfg.n_key_value_groups > 1 else None
+        self.hook_k_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
+        self.hook_v_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
         self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
         self.attn = make_attention(cfg, cfg.layer_attn_type(layer))
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]

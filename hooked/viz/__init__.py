@@ -1,9 +1,13 @@
 """Pictures, the top layer: the attention viewer (`attention.py`) and PNG heatmaps (`heatmaps.py`).
 
+`hooked.visualization.attention.attention_patterns(tokens=..., attention=...)` and `.attention_heads(...)`
+are CircuitsVis's calls (`cv.attention....`), so notebooks that used it need only the import changed.
+
 Also importable as `hooked.visualization`, the name this package had before it was split.
 """
 
-from hooked.viz.attention import AttentionView, attention_html, attention_patterns
+from hooked.viz import attention
+from hooked.viz.attention import AttentionView, attention_heads, attention_html, attention_patterns
 from hooked.viz.heatmaps import (
     plot_heatmap,
     plot_layer_head_grid,
@@ -14,6 +18,8 @@ from hooked.viz.heatmaps import (
 
 __all__ = [
     "AttentionView",
+    "attention",
+    "attention_heads",
     "attention_html",
     "attention_patterns",
     "plot_heatmap",

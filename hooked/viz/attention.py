@@ -20,7 +20,7 @@ import numpy as np
 
 from hooked.viz.heatmaps import _check_labels, _to_numpy
 
-__all__ = ["AttentionView", "attention_html", "attention_patterns"]
+__all__ = ["AttentionView", "attention_heads", "attention_html", "attention_patterns"]
 
 
 # ---- the attention viewer ------------------------------------------------------------------------
@@ -225,4 +225,12 @@ def attention_patterns(
 ) -> AttentionView:
     """CircuitsVis's `cv.attention.attention_patterns(tokens=..., attention=...)`, with its argument names, for
     notebooks that called it: an `AttentionView`, which Jupyter shows inline."""
+    return AttentionView(tokens, attention, attention_head_names)
+
+
+def attention_heads(
+    attention: Any, tokens: Sequence[str], attention_head_names: Sequence[str] | None = None
+) -> AttentionView:
+    """CircuitsVis's `cv.attention.attention_heads(attention=..., tokens=...)`, with its argument names: the
+    same `AttentionView` (one head at a time, chosen from the list)."""
     return AttentionView(tokens, attention, attention_head_names)
