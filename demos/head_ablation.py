@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from hooked import HookedTransformer, ablation
+from hooked.progress import progress_bar
 from hooked.viz import plot_layer_head_grid
 
 TEXT = (
@@ -41,16 +42,16 @@ def head_ablation_effects(model: HookedTransformer, tokens: Tensor, mode: Mode =
     clean = model(tokens, return_type="loss").item()
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     effects = torch.zeros(n_layers, n_heads)
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            if mode == "zero":
-                hooks = ablation.zero_ablate_heads([(layer, head)])
-            else:
-                hooks = ablation.mean_ablate_heads([(layer, head)], cache, over_positions=True)
-            loss = model.run_with_hooks(
-                cache["resid_pre", layer], start_at_layer=layer, tokens=tokens, return_type="loss", fwd_hooks=hooks
-            )
-            effects[layer, head] = loss.item() - clean
+    every_head = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    for layer, head in progress_bar(every_head, desc="Ablating heads", unit="head"):
+        if mode == "zero":
+            hooks = ablation.zero_ablate_heads([(layer, head)])
+        else:
+            hooks = ablation.mean_ablate_heads([(layer, head)], cache, over_positions=True)
+        loss = model.run_with_hooks(
+            cache["resid_pre", layer], start_at_layer=layer, tokens=tokens, return_type="loss", fwd_hooks=hooks
+        )
+        effects[layer, head] = loss.item() - clean
     return effects, clean
 
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm import tqdm
 
 from hooked import tokenization
 from hooked.components.kv_cache import KVCache
+from hooked.progress import progress_bar
 from hooked.sampling import sample_logits
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def generate_stream(
     cache = KVCache.for_model(model) if use_past_kv_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_tokens, step_mask = tokens, mask
-    for step in tqdm(range(max_new_tokens), disable=not verbose, desc="Generating"):
+    for step in progress_bar(range(max_new_tokens), progress=None if verbose else False, desc="Generating"):
         if tokens.shape[1] == model.cfg.n_ctx:  # a longer prompt is refused by the model, by name
             warnings.warn(
                 f"Generation stopped after {step} of {max_new_tokens} new tokens: the sequence filled the model's "

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from hooked.config import HookedTransformerConfig
 from hooked.loading.adapter import ADAPTERS, Adapter
 from hooked.loading.checkpoint import Checkpoint, rename
+from hooked.progress import progress_bar
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -94,8 +94,8 @@ def build(
         model = cls(cfg)
     remaining = Counter(t.key for t in table.values())
     loaded: dict[str, torch.Tensor] = {}
-    # tqdm shows progress only on a terminal (disable=None), so logs and tests stay clean.
-    for name, transform in tqdm(table.items(), desc="Loading weights", unit="tensor", disable=None, leave=False):
+    # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
+    for name, transform in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
         key = transform.key
         if key not in loaded:
             loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)

@@ -31,7 +31,6 @@ import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from hooked.analysis.patch_setters import (  # noqa: F401  (re-exported under TransformerLens's names)
     layer_head_dest_src_pos_pattern_patch_setter,
@@ -42,6 +41,7 @@ from hooked.analysis.patch_setters import (  # noqa: F401  (re-exported under Tr
     layer_pos_patch_setter,
 )
 from hooked.names import get_act_name
+from hooked.progress import progress_bar
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor | float]
 PatchSetter = Callable[[Tensor, Sequence[int], Tensor], Tensor | None]
@@ -84,7 +84,7 @@ def generic_activation_patch(
     copy of the batch) in place or returns the edited tensor. `patching_metric` gets logits of the
     corrupted batch's shape and returns a scalar. `patches_per_forward` (default: about
     TOKENS_PER_FORWARD token positions per pass) bounds memory; 1 gives one pass per patch.
-    `progress`: a tqdm bar (None: only on a terminal).
+    `progress`: a progress bar (None: where someone is watching, a terminal or a notebook; see hooked.progress).
     """
     tokens = _as_tokens(model, corrupted_tokens)
     batch, n_pos = tokens.shape
@@ -110,7 +110,7 @@ def generic_activation_patch(
     starts = _corrupted_residuals(model, tokens) if all(_block_of(name) is not None for name in names) else None
 
     values: list[float] = []
-    with torch.no_grad(), tqdm(total=len(index_rows), disable=_disable(progress), desc=activation_name) as bar:
+    with torch.no_grad(), progress_bar(total=len(index_rows), progress=progress, desc=activation_name) as bar:
         targets = list(zip(index_rows, names, strict=True))
         for first in range(0, len(targets), patches_per_forward):
             chunk = targets[first : first + patches_per_forward]
@@ -215,10 +215,6 @@ def _corrupted_residuals(model, tokens: Tensor) -> list[Tensor]:
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_pre"))
     return [cache[f"blocks.{layer}.hook_resid_pre"] for layer in range(model.cfg.n_layers)]
-
-
-def _disable(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 # ---- the named helpers (TransformerLens's names, axes and shapes) -----------------------------
