@@ -19,6 +19,7 @@ from torch import Tensor
 
 from hooked import tokenization
 from hooked.components.kv_cache import KVCache
+from hooked.names import NamesFilter
 from hooked.progress import progress_bar
 from hooked.sampling import sample_logits
 
@@ -144,10 +145,19 @@ def generate(
     seed: int | None = None,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
     repetition_penalty: float = 1.0,
+    return_cache: bool = False,
+    names_filter: NamesFilter = None,
 ):
     """Prompt plus continuation, as strings or tokens (`return_type="input"`: the input's own type).
     Sampling settings are `hooked.utils.sample_logits`'s. Generation stops, with a warning, where the
-    sequence fills the model's context (n_ctx tokens), returning what was generated."""
+    sequence fills the model's context (n_ctx tokens), returning what was generated.
+
+    `return_cache=True` returns (output, cache): the activations (those `names_filter` selects) at every
+    position of the returned tokens, [batch, prompt + new tokens, ...], from one forward pass over the
+    whole sequence once it is generated, with the hooks that were active during generation. (During
+    generation itself, on the key-value cache, each step's hooks see only the new position: [batch, 1, ...]
+    for most points, [batch, n_heads, 1, keys so far] for patterns; its absolute position is the number of
+    tokens before it, prompt padding included.)"""
     _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(
@@ -171,6 +181,16 @@ def generate(
     )
     new = list(steps)
     tokens = torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt
+    output = _output(model, input, tokens, return_type)
+    if not return_cache:
+        return output
+    full_mask = torch.cat([mask, torch.ones_like(tokens[:, prompt.shape[1] :])], dim=1)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(tokens, attention_mask=full_mask, names_filter=names_filter)
+    return output, cache
+
+
+def _output(model: HookedTransformer, input, tokens: Tensor, return_type: str):
     if return_type == "input":
         return_type = "str" if isinstance(input, (str, list)) else "tokens"
     if return_type == "tokens":

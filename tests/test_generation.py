@@ -162,3 +162,40 @@ def test_return_types(model):
     tokens = model.generate("the cat", return_type="tokens", **kwargs)
     assert tokens.shape == (1, model.to_tokens("the cat").shape[1] + 3)
     assert model.generate(tokens[:, :-3], **kwargs).shape == tokens.shape
+
+
+def test_return_cache_holds_every_position_as_generation_saw_it(model):
+    """Each step's new position, recorded by a hook during generation on the key-value cache, equals that
+    position in the returned cache; the cache spans the prompt and every generated token."""
+    seen = {"resid": [], "pattern": []}
+
+    def record(name):
+        def hook(activation, hook):
+            last = activation[:, -1] if name == "resid" else activation[:, :, -1]
+            seen[name].append(last.clone())
+
+        return hook
+
+    prompt = model.to_tokens(["the cat sat on", "When Mary and John"])
+    hooks = [("blocks.1.hook_resid_post", record("resid")), ("blocks.0.attn.hook_pattern", record("pattern"))]
+    with model.hooks(fwd_hooks=hooks):
+        tokens, cache = model.generate(prompt, max_new_tokens=4, do_sample=False, stop_at_eos=False, return_cache=True)
+    n_prompt, n_total = prompt.shape[1], tokens.shape[1]
+    assert n_total == n_prompt + 4 and cache["resid_post", 1].shape[:2] == (2, n_total)
+    # Hooks fired for the prompt, for the 3 steps that fed a new token (the 4th is never fed), and once more
+    # for the final pass over the whole sequence.
+    assert len(seen["resid"]) == 5
+    during = torch.stack(seen["resid"][:4], dim=1)  # last positions: n_prompt - 1 ... n_total - 2
+    torch.testing.assert_close(cache["resid_post", 1][:, n_prompt - 1 : n_total - 1], during, atol=1e-5, rtol=1e-5)
+    for step, row in enumerate(seen["pattern"][1:4]):  # [batch, n_heads, keys so far]
+        position = n_prompt + step
+        torch.testing.assert_close(cache["pattern", 0][:, :, position, : position + 1], row, atol=1e-6, rtol=1e-5)
+    only = model.generate(
+        prompt,
+        max_new_tokens=4,
+        do_sample=False,
+        stop_at_eos=False,
+        return_cache=True,
+        names_filter="blocks.0.hook_resid_pre",
+    )[1]
+    assert list(only) == ["blocks.0.hook_resid_pre"]
