@@ -24,6 +24,7 @@ from hooked.components.masks import positions_and_masks
 from hooked.components.norms import make_norm
 from hooked.components.positional import Rotary
 from hooked.config import HookedTransformerConfig
+from hooked.dictionaries.methods import DictionaryMethods
 from hooked.generation import generate, generate_stream
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.loading import load_pretrained
@@ -47,7 +48,7 @@ def _named_tokenizer(name: str):
         ) from error
 
 
-class HookedTransformer(TransformerLensMethods, WeightsMixin, HookedRootModule):
+class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin, HookedRootModule):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
 
     def __init__(
