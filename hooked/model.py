@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked import processing, tokenization
+from hooked.analysis import linearize
 from hooked.analysis.activation_cache import ActivationCache
 from hooked.analysis.losses import lm_cross_entropy_loss
 from hooked.components.block import Position, make_block
@@ -249,6 +250,11 @@ class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin,
         rotary = self.rotary(positions, dtype)
         local = self.rotary_local(positions, dtype) if hasattr(self, "rotary_local") else rotary
         return {"global": rotary, "local": local}
+
+    def frozen(self, patterns: bool = True, norm_scales: bool = True):
+        """Context manager: attention patterns and norm scales detached, so gradients see the linear local
+        model (analysis/linearize.py); the forward numbers are unchanged."""
+        return linearize.frozen(self, patterns, norm_scales)
 
     # ---- settings -----------------------------------------------------------------------------
 
