@@ -7,7 +7,7 @@ generation -> loading -> model -> pictures, with `utils` as TransformerLens's re
 
 import sys
 
-from hooked import utils, viz
+from hooked import dictionaries, utils, viz
 from hooked.analysis import (
     ablation,
     activation_cache,
@@ -65,6 +65,7 @@ __all__ = [
     "ablation",
     "attribution",
     "detect_head",
+    "dictionaries",
     "head_detection",
     "patching",
     "utils",

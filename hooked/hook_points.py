@@ -118,6 +118,19 @@ class HookPoint(nn.Module):
     def clear_context(self) -> None:
         self.ctx.clear()
 
+    def splice(self, fn: Callable[[Tensor], Tensor | None]) -> RemovableHandle:
+        """Run `fn(activation)` here ahead of this point's hooks, a returned tensor replacing the activation:
+        how a dictionary (an SAE) is spliced in (`hooked.dictionaries`). It is none of the point's hooks:
+        `reset_hooks` leaves it; `unsplice(handle)` removes it. `fn.read_only`, read at every run, tells
+        components whether it may change the activation (see has_editing_hooks)."""
+        handle = self.register_forward_hook(lambda module, inputs, output: fn(output), prepend=True)
+        self._forward_hook_fns[handle.id] = fn
+        return handle
+
+    def unsplice(self, handle: RemovableHandle) -> None:
+        handle.remove()
+        self._forward_hook_fns.pop(handle.id, None)
+
     def _wrap_forward(self, fn: HookFn):
         def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> Tensor | None:
             copied = output.requires_grad and not getattr(fn, "read_only", False)

@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked import processing, tokenization
+from hooked.analysis import linearize
 from hooked.analysis.activation_cache import ActivationCache
 from hooked.analysis.losses import lm_cross_entropy_loss
 from hooked.components.block import Position, make_block
@@ -24,6 +25,7 @@ from hooked.components.masks import positions_and_masks
 from hooked.components.norms import make_norm
 from hooked.components.positional import Rotary
 from hooked.config import HookedTransformerConfig
+from hooked.dictionaries.methods import DictionaryMethods
 from hooked.generation import generate, generate_stream
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.loading import load_pretrained
@@ -47,7 +49,7 @@ def _named_tokenizer(name: str):
         ) from error
 
 
-class HookedTransformer(TransformerLensMethods, WeightsMixin, HookedRootModule):
+class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin, HookedRootModule):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
 
     def __init__(
@@ -248,6 +250,11 @@ class HookedTransformer(TransformerLensMethods, WeightsMixin, HookedRootModule):
         rotary = self.rotary(positions, dtype)
         local = self.rotary_local(positions, dtype) if hasattr(self, "rotary_local") else rotary
         return {"global": rotary, "local": local}
+
+    def frozen(self, patterns: bool = True, norm_scales: bool = True):
+        """Context manager: attention patterns and norm scales detached, so gradients see the linear local
+        model (analysis/linearize.py); the forward numbers are unchanged."""
+        return linearize.frozen(self, patterns, norm_scales)
 
     # ---- settings -----------------------------------------------------------------------------
 

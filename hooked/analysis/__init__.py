@@ -6,6 +6,7 @@
   attribution, the logit lens, and norms frozen at a run's scale so decompositions sum back.
 - `patching`, `patch_setters`: activation patching sweeps (TransformerLens's `patching` module).
 - `attribution`: attribution patching (gradients times activation differences).
+- `linearize`: attention patterns and norm scales frozen, so gradients see the linear local model.
 - `ablation`: zero and mean ablation of heads, neurons and layers.
 - `head_detection`: previous-token, duplicate-token and induction head scores.
 
