@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -191,3 +192,21 @@ def test_viewer_script_shows_the_weights_of_the_hovered_token(tmp_path):
     # Query 2's weights over the keys, and what each query gives key 2, shown to two decimals.
     np.testing.assert_allclose([float(w) for w in shown["gives"]], pattern[1, 2].numpy(), atol=0.0051)
     np.testing.assert_allclose([float(w) for w in shown["recv"]], pattern[1, :, 2].numpy(), atol=0.0051)
+
+
+def test_a_pattern_with_its_batch_axis_is_refused_not_mislabelled():
+    """cache["pattern", 16] keeps a batch axis of 1; read as a one-layer stack its heads were labelled L0H*."""
+    pattern = torch.rand(1, 3, len(TOKENS), len(TOKENS)).softmax(-1)
+    with pytest.raises(ValueError, match=r"looks like a batch axis.*\[0\]"):
+        viz.AttentionView(TOKENS, pattern)
+    view = viz.AttentionView(TOKENS, pattern[0], layer=16)
+    assert view.head_names == ["L16H0", "L16H1", "L16H2"]
+
+
+def test_the_viewer_has_a_static_table_when_javascript_is_off():
+    pattern = torch.eye(len(TOKENS))[None].repeat(2, 1, 1)  # each query attends to itself
+    document = viz.AttentionView(TOKENS, pattern).html()
+    static = document[document.index("<noscript>") : document.index("</noscript>")]
+    for token in TOKENS:
+        assert f"<th>{html.escape(token)}</th>" in static
+    assert static.count(">1.00</td>") == len(TOKENS) and static.count(">0.00</td>") == len(TOKENS) * (len(TOKENS) - 1)

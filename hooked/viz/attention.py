@@ -137,12 +137,20 @@ class AttentionView:
         pattern: Any,
         head_names: Sequence[str] | None = None,
         title: str = "Attention patterns",
+        layer: int | None = None,
     ) -> None:
         self.tokens = [str(token) for token in tokens]
         array = _to_numpy(pattern, "pattern")
         n = len(self.tokens)
+        if array.ndim == 4 and array.shape[0] == 1:
+            # Most likely cache["pattern", layer] with its batch axis: read as one layer, its heads would be
+            # labelled L0H*, whatever layer they came from.
+            raise ValueError(
+                f"pattern has shape {tuple(array.shape)}: its leading axis of size 1 looks like a batch axis. Pass "
+                "cache['pattern', layer][0] (and layer=layer to label the heads), or stack several layers."
+            )
         if array.ndim == 3:
-            names = [f"H{h}" for h in range(array.shape[0])]
+            names = [f"H{h}" if layer is None else f"L{layer}H{h}" for h in range(array.shape[0])]
         elif array.ndim == 4:
             names = [f"L{layer}H{h}" for layer in range(array.shape[0]) for h in range(array.shape[1])]
             array = array.reshape(-1, *array.shape[2:])
@@ -182,8 +190,24 @@ class AttentionView:
             + _token_row(self.tokens, "hv-recv", "Attention it receives (it is the key; weight from each query):")
             + f'<canvas width="{canvas_size}" height="{canvas_size}"></canvas>'
             '<div class="hv-caption">Whole pattern of the selected head: query down, key across.</div>'
-            f'<script type="application/json" id="{view_id}-data">{_json_for_script(data)}</script>'
+            + self._static_table()
+            + f'<script type="application/json" id="{view_id}-data">{_json_for_script(data)}</script>'
             f"<script>{_JS % {'id': view_id}}</script></div>"
+        )
+
+    def _static_table(self) -> str:
+        """The first head's pattern as a plain HTML table, shown where JavaScript is off (<noscript>)."""
+        header = "".join(f"<th>{html.escape(token)}</th>" for token in self.tokens)
+        rows = []
+        for q, token in enumerate(self.tokens):
+            cells = "".join(
+                f'<td style="background: rgba(214, 39, 40, {weight:.3f})">{weight:.2f}</td>'
+                for weight in self.pattern[0, q]
+            )
+            rows.append(f"<tr><th>{html.escape(token)}</th>{cells}</tr>")
+        return (
+            f"<noscript><p>{html.escape(self.head_names[0])} (query down, key across):</p>"
+            f'<table class="hv-static"><tr><th></th>{header}</tr>{"".join(rows)}</table></noscript>'
         )
 
     def html(self) -> str:
