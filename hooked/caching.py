@@ -30,6 +30,7 @@ class CachingMixin:
     ) -> tuple[dict, list[tuple[str, HookFn]], list[tuple[str, HookFn]]]:
         """Hooks that store activations (and with `incl_bwd`, gradients as `<name>_grad`) in `cache`."""
         cache = {} if cache is None else cache
+        self._check_names(names_filter)
         wanted = name_predicate(names_filter)
         slicer = Slice(pos_slice)
 

@@ -116,3 +116,14 @@ def test_toggle_autodiff(model, tokens):
         assert torch.is_grad_enabled()
     finally:
         torch.set_grad_enabled(True)
+
+
+def test_a_names_filter_naming_no_hook_point_is_refused_with_the_nearest(model, tokens):
+    """It used to cache nothing, silently; a predicate or None still selects as before."""
+    with pytest.raises(KeyError, match="Did you mean: blocks.0.attn.hook_pattern"):
+        model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_patern")
+    with pytest.raises(KeyError, match="hook_resid_psot"):
+        model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pre", "blocks.0.hook_resid_psot"])
+    assert not any(hp.has_hooks for hp in model.hook_dict.values())
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_patern"))
+    assert len(cache) == 0
