@@ -207,14 +207,10 @@ def test_resume_refuses_other_settings_and_another_corpus(model, tmp_path):
         extract(model, interrupted_after(corpus, 3), HOOKS[:1], tmp_path, **settings)
     with pytest.raises(ValueError, match="dtype='float32', but this run has dtype='bfloat16'"):
         extract(model, corpus, HOOKS[:1], tmp_path, **settings, dtype="bfloat16")
+    changed = [batch.clone() for batch in corpus]
+    changed[0][0, 5] = 7 if changed[0][0, 5] != 7 else 8  # one token, in a batch before the resume point
     with pytest.raises(ValueError, match="the corpus changed"):
-        extract(
-            model,
-            tokenize_and_concatenate(texts(seed=1), model.tokenizer, max_length=CONTEXT)["tokens"],
-            HOOKS[:1],
-            tmp_path,
-            **settings,
-        )
+        extract(model, changed, HOOKS[:1], tmp_path, **settings)
     manifest = extract(model, corpus, HOOKS[:1], tmp_path, **settings)
     stamps = {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
     assert extract(model, corpus, HOOKS[:1], tmp_path, **settings) == manifest  # finished: nothing rewritten

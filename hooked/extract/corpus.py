@@ -12,7 +12,6 @@ Token rows given as tensors are used as they are, regrouped into batches of `bat
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,12 +38,9 @@ class Batch:
     tokens: Int[Tensor, "batch pos"]
     mask: Int[Tensor, "batch pos"]
 
-    def digest(self) -> str:
-        """sha256 of the tokens as little-endian int32, row-major: the batch's identity on resume."""
-        return hashlib.sha256(token_bytes(self.tokens)).hexdigest()
-
 
 def token_bytes(tokens: Tensor) -> bytes:
+    """The tokens as little-endian int32, row-major: what the corpus hash is computed over."""
     return tokens.to(torch.int32).numpy().astype("<i4", copy=False).tobytes()
 
 

@@ -117,11 +117,12 @@ def extract(
             width = batch.tokens.shape[1]
             if batch.index % world != rank or (writer.cursor is not None and batch.index < writer.cursor.batch):
                 continue
-            first = _resume_point(writer.cursor, batch)
+            digest = corpus_hash.copy().hexdigest()  # of every row up to this batch's: a resume checks it
+            first = _resume_point(writer.cursor, batch.index, digest)
             tensors = _activations(model, names, stop, batch, bos, pos_slice, storage)
             if first:
                 tensors = {name: tensor[first:] for name, tensor in tensors.items()}
-            writer.add(batch.index, batch.digest(), tensors, first)
+            writer.add(batch.index, digest, tensors, first)
             bar.update(batch.tokens.numel())
     bar.close()
     writer.close()
@@ -213,13 +214,14 @@ def _stacked(shape: dict | None, n_tokens: int) -> dict:
     return {"shape": [n_tokens, *shape["shape"]], "dtype": shape["dtype"]}
 
 
-def _resume_point(cursor: Cursor | None, batch: Batch) -> int:
-    """How many of this batch's tokens an earlier run already wrote (nonzero only for the cursor's batch)."""
-    if cursor is None or batch.index != cursor.batch:
+def _resume_point(cursor: Cursor | None, batch: int, digest: str) -> int:
+    """How many of batch `batch`'s tokens an earlier run already wrote (nonzero only for the cursor's batch,
+    where the hash of the corpus so far must be the one that run saw)."""
+    if cursor is None or batch != cursor.batch:
         return 0
-    if batch.digest() != cursor.digest:
+    if digest != cursor.digest:
         raise ValueError(
-            f"Batch {batch.index} of the corpus differs from the one the interrupted run wrote: the corpus "
+            f"The corpus up to batch {batch} differs from the one the interrupted run read: the corpus "
             "changed. Resume with the same corpus, or extract into a new folder."
         )
     return cursor.taken

@@ -38,7 +38,7 @@ class Cursor:
 
     batch: int
     taken: int
-    digest: str  # sha256 of that batch's tokens: a changed corpus is noticed on resume
+    digest: str  # sha256 of the corpus's rows up to that batch's: a changed corpus is noticed on resume
 
 
 def write_atomically(path: Path, write) -> None:
