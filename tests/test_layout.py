@@ -100,3 +100,20 @@ def test_from_pretrained_builds_the_class_it_is_called_on(tmp_path):
     reference = HookedTransformer.from_pretrained(folder)
     tokens = torch.tensor([[1, 2, 3, 4]])
     assert torch.equal(model(tokens), reference(tokens))
+
+
+def test_every_subpackage_is_installed():
+    """pyproject.toml lists the packages by hand (for the loading/ -> hooked.loading mapping); a new
+    sub-package missing from the list would be absent from a non-editable install."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(root).parts) for path in (root / "hooked").rglob("__init__.py")} | {
+        "hooked.loading." + ".".join(p.parent.relative_to(root / "loading").parts)
+        for p in (root / "loading").glob("*/__init__.py")
+    }
+    found |= {"hooked.loading"}
+    assert found == listed
