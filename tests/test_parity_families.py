@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from conftest import assert_close, assert_matches_reference, reference, save_tiny
+from conftest import assert_close, assert_matches_reference, reference, rope_kwargs, save_tiny
 
 from hooked import HookedTransformer
 from hooked.components.kv_cache import KVCache
@@ -67,7 +67,7 @@ VARIANTS = {
             use_parallel_residual=False,
             attention_bias=False,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+            **rope_kwargs(500.0, partial=0.5, names=("rotary_emb_base", "rotary_pct")),  # 4.x's GPT-NeoX names
         ),
         ["blocks.0.hook_resid_mid"],
     ),
@@ -83,7 +83,7 @@ VARIANTS = {
             pad_token_id=0,
             sliding_window=5,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+            **rope_kwargs(10000.0, partial=0.75),
         ),
         [],
     ),
@@ -133,10 +133,7 @@ VARIANTS = {
             query_pre_attn_scalar=16,
             sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
-            },
+            **rope_kwargs(1000000.0, {"rope_type": "linear", "factor": 8.0}, local_theta=10000.0),
         ),
         ["blocks.0.attn.q_norm.hook_scale", "blocks.1.attn.k_norm.hook_normalized", "blocks.2.ln2_post.hook_scale"],
     ),
@@ -191,7 +188,7 @@ VARIANTS = {
             qk_layernorm=True,
             use_qkv_bias=True,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+            **rope_kwargs(10000.0, partial=0.5),
         ),
         ["blocks.0.attn.q_norm.hook_scale", "blocks.0.attn.k_norm.hook_normalized"],
     ),
@@ -206,7 +203,7 @@ VARIANTS = {
             num_key_value_heads=2,
             hidden_act="gelu",
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},
+            **rope_kwargs(500.0, partial=1.0),
         ),
         [],
     ),
@@ -458,14 +455,8 @@ REFUSED = {
     "Phi-3 longrope": (
         "Phi3Config",
         "Phi3ForCausalLM",
-        dict(
-            rope_parameters={
-                "rope_type": "longrope",
-                "rope_theta": 10000.0,
-                "short_factor": [1.0] * 48,  # one per frequency of the default head
-                "long_factor": [2.0] * 48,
-                "original_max_position_embeddings": 32,
-            }
+        rope_kwargs(  # one factor per frequency of the default head
+            10000.0, {"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48}
         ),
         "rope_type='longrope'",
     ),

@@ -8,7 +8,11 @@ import functools
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
+
+# The suite runs on transformers 5 and, for clients that pin it (circuit-tracer), on 4.57.
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
 def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn.Module:
