@@ -4,6 +4,8 @@ KV cache gives the full forward's numbers, and left padding changes no row."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers
@@ -507,3 +509,121 @@ def test_config_validates_the_family_fields():
     assert cfg.attn_types == ("local", "global") and cfg.layer_attn_type(0) == "local"
     assert HookedTransformerConfig(**base, sliding_window=4).layer_attn_type(1) == "local"  # Mistral: every layer
     assert HookedTransformerConfig(**base).layer_attn_type(1) == "global"
+
+
+# Every field that says how a config rotates or which layers slide: the cases below give them exactly.
+ROPE_AND_LAYER_FIELDS = (
+    "rope_parameters",
+    "rope_theta",
+    "rope_scaling",
+    "partial_rotary_factor",
+    "rotary_pct",
+    "rotary_emb_base",
+    "rope_local_base_freq",
+    "layer_types",
+    "sliding_window",
+    "use_sliding_window",
+)
+
+
+def read_config(name: str, architecture: str, **fields):
+    """Our config for a `name` config.json whose rotary and layer-type fields are exactly `fields`."""
+    from hooked.loading.convert import model_config
+
+    hf = {k: v for k, v in config(name, **SMALL).to_dict().items() if k not in ROPE_AND_LAYER_FIELDS}
+    return model_config(
+        {**hf, "architectures": [architecture], **fields}, torch.float32, torch.device("cpu"), None, None
+    )
+
+
+# name -> (config class, architecture, the fields as transformers 4 writes them, as transformers 5 does,
+# and what both must give: rotary_base, rotary_dim, rope_scaling's kind, rotary_base_local)
+ROPE_OF_EITHER_VERSION = {
+    "Llama linear, old 'type' key": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 4.0}},
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}},
+        (500.0, 16, "linear", 0.0),
+    ),
+    "Pythia (GPT-NeoX's own names)": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {"rotary_pct": 0.25, "rotary_emb_base": 10000},
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+        (10000.0, 4, None, 0.0),
+    ),
+    "Phi without a fraction (transformers' default, half)": (
+        "PhiConfig",
+        "PhiForCausalLM",
+        {"rope_theta": 10000.0},
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        (10000.0, 8, None, 0.0),
+    ),
+    "Phi-3 (5.x also writes the fraction at the top)": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": None, "partial_rotary_factor": 0.75},
+        {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.75}, "partial_rotary_factor": 0.75},
+        (10000.0, 12, None, 0.0),
+    ),
+    "Gemma 3 scaled global, local base": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"rope_theta": 1e6, "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 1e4},
+        {
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            }
+        },
+        (1e6, 256, "linear", 1e4),  # Gemma 3's default head_dim is 256
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_OF_EITHER_VERSION))
+def test_rope_fields_of_either_transformers_version_read_the_same(case):
+    name, architecture, old, new, expected = ROPE_OF_EITHER_VERSION[case]
+    ours = read_config(name, architecture, **new)
+    assert read_config(name, architecture, **old) == ours
+    kind = ours.rope_scaling.kind if ours.rope_scaling else None
+    assert (ours.rotary_base, ours.rotary_dim, kind, ours.rotary_base_local) == expected
+
+
+AMBIGUOUS_ROPE = {
+    # What transformers 4 writes when given transformers 5's rope_parameters: it keeps them but reads rope_theta.
+    "Llama theta": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}},
+        "rope_theta: 500.0 there, 10000.0 in rope_theta",
+    ),
+    "Llama scaling": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 1e4, "rope_scaling": None, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+        "rope_type: 'linear' there, 'default' in rope_scaling",
+    ),
+    "GPT-NeoX fraction": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {"rotary_pct": 0.25, "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        "partial_rotary_factor: 0.5 there, 0.25 in rotary_pct",
+    ),
+    "Gemma 3 local base": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"rope_local_base_freq": 1e4, "rope_parameters": {"sliding_attention": {"rope_theta": 5e4}}},
+        "rope_theta: 50000.0 there, 10000.0 in rope_local_base_freq",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS_ROPE))
+def test_rope_fields_the_two_versions_read_differently_are_refused(case):
+    from hooked.loading import UnsupportedConfigError
+
+    name, architecture, fields, message = AMBIGUOUS_ROPE[case]
+    with pytest.raises(UnsupportedConfigError, match=re.escape(message)):
+        read_config(name, architecture, **fields)

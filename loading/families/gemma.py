@@ -14,7 +14,16 @@ import math
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
+from hooked.loading.adapter import (
+    Adapter,
+    WeightTable,
+    attn_type_fields,
+    register,
+    require,
+    rope_parameters,
+    rotary_fields,
+    sizes,
+)
 from hooked.loading.families.llama import IGNORED, llama_weights
 from hooked.loading.transforms import Copy, PlusOne
 
@@ -54,11 +63,16 @@ def gemma2_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
-    # rope_parameters holds one set per layer type: full_attention (global) and sliding_attention (local).
+    # Transformers 5 nests rope_parameters by layer type: full_attention (global) and sliding_attention
+    # (local). Transformers 4 kept the global setting in rope_theta / rope_scaling and only the local base,
+    # rope_local_base_freq (local layers never scale).
     rope = hf.get("rope_parameters") or {}
-    local = rope.get("sliding_attention") or {"rope_type": "default", "rope_theta": 10000.0}
-    require({**hf, "local rope_type": local.get("rope_type")}, "local rope_type", ("default",))
-    flat = {**hf, "rope_parameters": rope.get("full_attention") or {}, "rope_scaling": None}
+    full = rope_parameters(hf, rope.get("full_attention"), rope_theta=1000000.0)
+    local = rope_parameters(
+        hf, rope.get("sliding_attention"), {"rope_theta": "rope_local_base_freq"}, None, rope_theta=10000.0
+    )
+    require({**hf, "local rope_type": local["rope_type"]}, "local rope_type", ("default",))
+    flat = {**hf, "rope_parameters": full}  # full already agrees with rope_theta / rope_scaling
     return {
         **gemma2_config(flat),
         "qk_norm": "shared",

@@ -12,7 +12,8 @@ from hooked.loading.transforms import Copy, Heads, Transpose
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
-def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
+def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
+    """`theta`: the family's rotary base where a config gives none (transformers' default)."""
     fields = sizes(hf)
     d_head = fields["d_head"]
     return {
@@ -21,7 +22,7 @@ def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
         "gated_mlp": True,
         "normalization_type": "RMS",
         "eps": hf["rms_norm_eps"],
-        **rotary_fields(hf, d_head),
+        **rotary_fields(hf, d_head, theta),
         "attn_qkv_bias": bool(hf.get("attention_bias", False)),
         "attn_out_bias": bool(hf.get("attention_bias", False)),
         "mlp_bias": bool(hf.get("mlp_bias", False)),
