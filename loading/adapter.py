@@ -7,7 +7,7 @@ The registry is keyed by the checkpoint's `architectures[0]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,13 +144,15 @@ def rotary_fields(
 LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
 
 
-def attn_type_fields(hf: dict[str, Any]) -> dict[str, Any]:
-    """`sliding_window` and per-layer `attn_types` from Hugging Face's `layer_types` (transformers 5 lists
-    "full_attention" / "sliding_attention" for each layer; a config without it attends globally)."""
-    layer_types = tuple(hf.get("layer_types") or ())
+def attn_type_fields(hf: dict[str, Any], default: Sequence[str] = ()) -> dict[str, Any]:
+    """`sliding_window` and per-layer `attn_types` from Hugging Face's `layer_types` ("full_attention" /
+    "sliding_attention" for each layer). Older configs have none; `default` is then what transformers
+    derives for the family. Like transformers, a null window means
+    every layer attends globally."""
+    layer_types = tuple(hf.get("layer_types") or default)
     unknown = sorted(set(layer_types) - set(LAYER_TYPES))
     if unknown:
         require({**hf, "layer_types": unknown[0]}, "layer_types", tuple(LAYER_TYPES))
-    if "sliding_attention" not in layer_types:
+    if "sliding_attention" not in layer_types or hf.get("sliding_window") is None:
         return {"sliding_window": None, "attn_types": None}
     return {"sliding_window": hf["sliding_window"], "attn_types": tuple(LAYER_TYPES[t] for t in layer_types)}
