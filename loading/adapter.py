@@ -7,7 +7,7 @@ The registry is keyed by the checkpoint's `architectures[0]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +72,53 @@ def sizes(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
-    """Rotary settings from either the transformers-5 `rope_parameters` or the older `rope_theta`/`rope_scaling`."""
-    params = dict(hf.get("rope_parameters") or {})
-    params.update(hf.get("rope_scaling") or {})
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+# Where transformers 4 kept each rotary setting that transformers 5 keeps in `rope_parameters`: top-level
+# fields, plus the dict `rope_scaling` with the scaling type and factors.
+LEGACY_ROPE = {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor"}
+
+
+def _typed(params: dict[str, Any]) -> dict[str, Any]:
+    """Rotary parameters with their type under "rope_type" (older configs say "type"), "default" if neither."""
+    params = dict(params)
+    kind = params.pop("type", "default")
+    return {**params, "rope_type": params.get("rope_type", kind)}
+
+
+def rope_parameters(
+    hf: dict[str, Any],
+    new: dict[str, Any] | None,
+    legacy: dict[str, str] = LEGACY_ROPE,
+    scaling: str | None = "rope_scaling",
+    **defaults: Any,
+) -> dict[str, Any]:
+    """One rotary setting as a flat transformers-5 `rope_parameters` dict, from a config written by
+    transformers 5 (`new`, usually `hf["rope_parameters"]`) or by transformers 4 (`legacy`: each key's
+    top-level field; `scaling`: the field holding the scaling dict, where a null one means no scaling).
+    Transformers 4 reads only the older fields and 5 mostly `rope_parameters`, so a config holding both
+    that disagree gives different numbers in each: that raises, naming the fields. `defaults` (the
+    family's transformers defaults) fill what neither gives."""
+    old = _typed(hf[scaling] or {}) if scaling is not None and scaling in hf else {}
+    old.update({key: hf[field] for key, field in legacy.items() if hf.get(field) is not None})
+    new = _typed(new) if new else {}
+    clash = sorted(key for key in new.keys() & old.keys() if new[key] != old[key])
+    if clash:
+        arch = (hf.get("architectures") or ["?"])[0]
+        said = "; ".join(f"{key}: {new[key]!r} there, {old[key]!r} in {legacy.get(key, scaling)}" for key in clash)
+        raise UnsupportedConfigError(
+            f"{arch}: config fields rope_parameters (read by transformers 5) and {', '.join(legacy.values())}"
+            f"{', ' + scaling if scaling else ''} (read by transformers 4) disagree ({said}), so the numbers "
+            "depend on the transformers version; remove the stale fields."
+        )
+    return {"rope_type": "default", **defaults, **old, **new}
+
+
+def rotary_fields(
+    hf: dict[str, Any], d_head: int, theta: float = 10000.0, partial: float = 1.0, legacy: dict[str, str] = LEGACY_ROPE
+) -> dict[str, Any]:
+    """Rotary settings from either the transformers-5 `rope_parameters` or the older fields (see
+    `rope_parameters`); `theta` and `partial` are the family's defaults when a config gives neither."""
+    params = rope_parameters(hf, hf.get("rope_parameters"), legacy, rope_theta=theta, partial_rotary_factor=partial)
+    rope_type = params["rope_type"]
     require(
         {"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type", ("default", "linear", "llama3")
     )
@@ -95,8 +135,8 @@ def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
         )
     return {
         "positional_embedding_type": "rotary",
-        "rotary_base": float(theta),
-        "rotary_dim": int(d_head * partial),
+        "rotary_base": float(params["rope_theta"]),
+        "rotary_dim": int(d_head * params["partial_rotary_factor"]),
         "rope_scaling": scaling,
     }
 
@@ -104,13 +144,15 @@ def rotary_fields(hf: dict[str, Any], d_head: int) -> dict[str, Any]:
 LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}
 
 
-def attn_type_fields(hf: dict[str, Any]) -> dict[str, Any]:
-    """`sliding_window` and per-layer `attn_types` from Hugging Face's `layer_types` (transformers 5 lists
-    "full_attention" / "sliding_attention" for each layer; a config without it attends globally)."""
-    layer_types = tuple(hf.get("layer_types") or ())
+def attn_type_fields(hf: dict[str, Any], default: Sequence[str] = ()) -> dict[str, Any]:
+    """`sliding_window` and per-layer `attn_types` from Hugging Face's `layer_types` ("full_attention" /
+    "sliding_attention" for each layer). Older configs have none; `default` is then what transformers
+    derives for the family. Like transformers, a null window means
+    every layer attends globally."""
+    layer_types = tuple(hf.get("layer_types") or default)
     unknown = sorted(set(layer_types) - set(LAYER_TYPES))
     if unknown:
         require({**hf, "layer_types": unknown[0]}, "layer_types", tuple(LAYER_TYPES))
-    if "sliding_attention" not in layer_types:
+    if "sliding_attention" not in layer_types or hf.get("sliding_window") is None:
         return {"sliding_window": None, "attn_types": None}
     return {"sliding_window": hf["sliding_window"], "attn_types": tuple(LAYER_TYPES[t] for t in layer_types)}

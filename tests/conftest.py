@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from jaxtyping import install_import_hook
-from tiny import save_tiny, tiny_tokenizer  # noqa: F401  (test modules import them from here)
+from tiny import TRANSFORMERS_5, save_tiny, tiny_tokenizer  # noqa: F401  (test modules import them from here)
 from transformers import AutoModelForCausalLM
 
 # Runtime shape checks on the numerical modules: their jaxtyping annotations are enforced while
@@ -87,6 +87,43 @@ TINY_LLAMA = dict(
     attn_out_bias=False,
     mlp_bias=False,
 )
+
+
+def rope_kwargs(
+    theta: float,
+    scaling: dict | None = None,
+    *,
+    partial: float | None = None,
+    local_theta: float | None = None,
+    names: tuple[str, str] = ("rope_theta", "partial_rotary_factor"),
+) -> dict:
+    """Keyword arguments that give a Hugging Face config this rotary setting in the installed transformers,
+    so that the reference model really is the variant a test names: `theta` the base, `scaling` the
+    "rope_type" and its factors, `partial` the fraction of each head that rotates, `local_theta` the base of
+    the sliding-window layers (Gemma 3). Transformers 5 reads `rope_parameters` (nested by layer type with
+    `local_theta`); 4 silently ignores it and reads rope_theta, rope_scaling, partial_rotary_factor (`names`:
+    a family's own names for the base and the fraction, GPT-NeoX's rotary_emb_base and rotary_pct) and
+    rope_local_base_freq."""
+    scaling = dict(scaling or {"rope_type": "default"})
+    if TRANSFORMERS_5:
+        params = {**scaling, "rope_theta": theta}
+        if partial is not None:
+            params["partial_rotary_factor"] = partial
+        if local_theta is not None:
+            params = {
+                "full_attention": params,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local_theta},
+            }
+        return {"rope_parameters": params}
+    kwargs = {names[0]: theta}
+    rope_type = scaling.pop("rope_type")
+    if rope_type != "default":  # 4.x's Phi-3 takes longrope only under the old key "type"
+        kwargs["rope_scaling"] = {("type" if rope_type == "longrope" else "rope_type"): rope_type, **scaling}
+    if partial is not None:
+        kwargs[names[1]] = partial
+    if local_theta is not None:
+        kwargs["rope_local_base_freq"] = local_theta
+    return kwargs
 
 
 def reference(hf, tokens, **kwargs):

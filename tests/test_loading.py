@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_close, save_tiny, tiny_tokenizer
+from conftest import assert_close, rope_kwargs, save_tiny, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, LlamaConfig
 
@@ -114,8 +114,8 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
 
 
 def test_config_fields_that_change_numbers_are_refused(tmp_path):
-    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16}
-    save_tiny(LlamaConfig(**LLAMA, rope_parameters=yarn), tmp_path / "yarn")
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    save_tiny(LlamaConfig(**LLAMA, **rope_kwargs(10000.0, yarn)), tmp_path / "yarn")
     with pytest.raises(UnsupportedConfigError, match="rope_type='yarn'"):
         HookedTransformer.from_pretrained(tmp_path / "yarn")
     save_tiny(

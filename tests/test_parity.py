@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, assert_matches_reference, reference, save_tiny
+from conftest import assert_close, assert_matches_reference, reference, rope_kwargs, save_tiny
 from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from hooked import HookedTransformer
@@ -17,9 +17,8 @@ SMALL = dict(
     vocab_size=97,
     max_position_embeddings=64,
 )
-LLAMA3_ROPE = {
+LLAMA3_SCALING = {
     "rope_type": "llama3",
-    "rope_theta": 10000.0,
     "factor": 8.0,
     "low_freq_factor": 1.0,
     "high_freq_factor": 4.0,
@@ -53,9 +52,9 @@ VARIANTS = {
     "llama-biases": lambda: LlamaConfig(**SMALL, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
     "llama-head-dim": lambda: LlamaConfig(**SMALL, num_key_value_heads=2, head_dim=24),
     "llama-rope-linear": lambda: LlamaConfig(
-        **SMALL, num_key_value_heads=2, rope_parameters={"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}
+        **SMALL, num_key_value_heads=2, **rope_kwargs(500.0, {"rope_type": "linear", "factor": 4.0})
     ),
-    "llama-rope-llama3": lambda: LlamaConfig(**SMALL, num_key_value_heads=2, rope_parameters=LLAMA3_ROPE),
+    "llama-rope-llama3": lambda: LlamaConfig(**SMALL, num_key_value_heads=2, **rope_kwargs(10000.0, LLAMA3_SCALING)),
     "llama-gelu": lambda: LlamaConfig(**SMALL, hidden_act="gelu_pytorch_tanh"),
     "mistral-sliding": lambda: MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=4),
     "mistral-no-window": lambda: MistralConfig(**SMALL, num_key_value_heads=1, sliding_window=None),

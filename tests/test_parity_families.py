@@ -4,10 +4,12 @@ KV cache gives the full forward's numbers, and left padding changes no row."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers
-from conftest import assert_close, assert_matches_reference, reference, save_tiny
+from conftest import assert_close, assert_matches_reference, reference, rope_kwargs, save_tiny
 
 from hooked import HookedTransformer
 from hooked.components.kv_cache import KVCache
@@ -67,7 +69,7 @@ VARIANTS = {
             use_parallel_residual=False,
             attention_bias=False,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+            **rope_kwargs(500.0, partial=0.5, names=("rotary_emb_base", "rotary_pct")),  # 4.x's GPT-NeoX names
         ),
         ["blocks.0.hook_resid_mid"],
     ),
@@ -83,7 +85,7 @@ VARIANTS = {
             pad_token_id=0,
             sliding_window=5,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+            **rope_kwargs(10000.0, partial=0.75),
         ),
         [],
     ),
@@ -133,10 +135,7 @@ VARIANTS = {
             query_pre_attn_scalar=16,
             sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
-            },
+            **rope_kwargs(1000000.0, {"rope_type": "linear", "factor": 8.0}, local_theta=10000.0),
         ),
         ["blocks.0.attn.q_norm.hook_scale", "blocks.1.attn.k_norm.hook_normalized", "blocks.2.ln2_post.hook_scale"],
     ),
@@ -191,7 +190,7 @@ VARIANTS = {
             qk_layernorm=True,
             use_qkv_bias=True,
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+            **rope_kwargs(10000.0, partial=0.5),
         ),
         ["blocks.0.attn.q_norm.hook_scale", "blocks.0.attn.k_norm.hook_normalized"],
     ),
@@ -206,7 +205,7 @@ VARIANTS = {
             num_key_value_heads=2,
             hidden_act="gelu",
             tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},
+            **rope_kwargs(500.0, partial=1.0),
         ),
         [],
     ),
@@ -332,12 +331,18 @@ def test_logits_residuals_and_patterns_match(pair):
 
 
 def test_a_live_model_loads_like_its_checkpoint(pair):
-    """hf_model= reads the in-memory model's state dict, whose layout can differ from the files' (Mixtral)."""
+    """hf_model= reads the in-memory model's state dict, whose layout can differ from the files' (Mixtral):
+    it gives the same config and bit-identical weights. (Logits may differ in the last bit: a model loaded
+    from a file keeps its tensors at the file's offsets, unaligned, where BLAS kernels round differently.)"""
     _, hf, ours = pair
     live = HookedTransformer.from_pretrained(hf_model=hf)
-    tokens = torch.randint(0, V, (2, 7))
-    with torch.no_grad():
-        assert torch.equal(live(tokens), ours(tokens))
+    assert live.cfg == ours.cfg
+    mine, theirs = ours.state_dict(), live.state_dict()
+    assert mine.keys() == theirs.keys()
+    differ = [
+        name for name in mine if mine[name].dtype != theirs[name].dtype or not torch.equal(mine[name], theirs[name])
+    ]
+    assert not differ, f"loaded differently from the live model: {differ}"
 
 
 def test_unhooked_fast_path_matches_reference(pair):
@@ -458,14 +463,8 @@ REFUSED = {
     "Phi-3 longrope": (
         "Phi3Config",
         "Phi3ForCausalLM",
-        dict(
-            rope_parameters={
-                "rope_type": "longrope",
-                "rope_theta": 10000.0,
-                "short_factor": [1.0] * 48,  # one per frequency of the default head
-                "long_factor": [2.0] * 48,
-                "original_max_position_embeddings": 32,
-            }
+        rope_kwargs(  # one factor per frequency of the default head
+            10000.0, {"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48}
         ),
         "rope_type='longrope'",
     ),
@@ -516,3 +515,140 @@ def test_config_validates_the_family_fields():
     assert cfg.attn_types == ("local", "global") and cfg.layer_attn_type(0) == "local"
     assert HookedTransformerConfig(**base, sliding_window=4).layer_attn_type(1) == "local"  # Mistral: every layer
     assert HookedTransformerConfig(**base).layer_attn_type(1) == "global"
+
+
+# Every field that says how a config rotates or which layers slide: the cases below give them exactly.
+ROPE_AND_LAYER_FIELDS = (
+    "rope_parameters",
+    "rope_theta",
+    "rope_scaling",
+    "partial_rotary_factor",
+    "rotary_pct",
+    "rotary_emb_base",
+    "rope_local_base_freq",
+    "layer_types",
+    "sliding_window",
+    "use_sliding_window",
+)
+
+
+def read_config(name: str, architecture: str, **fields):
+    """Our config for a `name` config.json whose rotary and layer-type fields are exactly `fields`."""
+    from hooked.loading.convert import model_config
+
+    hf = {k: v for k, v in config(name, **SMALL).to_dict().items() if k not in ROPE_AND_LAYER_FIELDS}
+    return model_config(
+        {**hf, "architectures": [architecture], **fields}, torch.float32, torch.device("cpu"), None, None
+    )
+
+
+# name -> (config class, architecture, the fields as transformers 4 writes them, as transformers 5 does,
+# and what both must give: rotary_base, rotary_dim, rope_scaling's kind, rotary_base_local)
+ROPE_OF_EITHER_VERSION = {
+    "Llama linear, old 'type' key": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 4.0}},
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0}},
+        (500.0, 16, "linear", 0.0),
+    ),
+    "Pythia (GPT-NeoX's own names)": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {"rotary_pct": 0.25, "rotary_emb_base": 10000},
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+        (10000.0, 4, None, 0.0),
+    ),
+    "Phi without a fraction (transformers' default, half)": (
+        "PhiConfig",
+        "PhiForCausalLM",
+        {"rope_theta": 10000.0},
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        (10000.0, 8, None, 0.0),
+    ),
+    "Phi-3 (5.x also writes the fraction at the top)": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": None, "partial_rotary_factor": 0.75},
+        {"rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.75}, "partial_rotary_factor": 0.75},
+        (10000.0, 12, None, 0.0),
+    ),
+    "Gemma 3 scaled global, local base": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"rope_theta": 1e6, "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 1e4},
+        {
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            }
+        },
+        (1e6, 256, "linear", 1e4),  # Gemma 3's default head_dim is 256
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROPE_OF_EITHER_VERSION))
+def test_rope_fields_of_either_transformers_version_read_the_same(case):
+    name, architecture, old, new, expected = ROPE_OF_EITHER_VERSION[case]
+    ours = read_config(name, architecture, **new)
+    assert read_config(name, architecture, **old) == ours
+    kind = ours.rope_scaling.kind if ours.rope_scaling else None
+    assert (ours.rotary_base, ours.rotary_dim, kind, ours.rotary_base_local) == expected
+
+
+AMBIGUOUS_ROPE = {
+    # What transformers 4 writes when given transformers 5's rope_parameters: it keeps them but reads rope_theta.
+    "Llama theta": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 10000.0, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": 500.0}},
+        "rope_theta: 500.0 there, 10000.0 in rope_theta",
+    ),
+    "Llama scaling": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"rope_theta": 1e4, "rope_scaling": None, "rope_parameters": {"rope_type": "linear", "factor": 2.0}},
+        "rope_type: 'linear' there, 'default' in rope_scaling",
+    ),
+    "GPT-NeoX fraction": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        {"rotary_pct": 0.25, "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
+        "partial_rotary_factor: 0.5 there, 0.25 in rotary_pct",
+    ),
+    "Gemma 3 local base": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"rope_local_base_freq": 1e4, "rope_parameters": {"sliding_attention": {"rope_theta": 5e4}}},
+        "rope_theta: 50000.0 there, 10000.0 in rope_local_base_freq",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS_ROPE))
+def test_rope_fields_the_two_versions_read_differently_are_refused(case):
+    from hooked.loading import UnsupportedConfigError
+
+    name, architecture, fields, message = AMBIGUOUS_ROPE[case]
+    with pytest.raises(UnsupportedConfigError, match=re.escape(message)):
+        read_config(name, architecture, **fields)
+
+
+def test_layer_types_missing_from_older_configs_are_derived_as_transformers_does():
+    from hooked.loading import UnsupportedConfigError
+
+    local, full = "local", "global"
+    gemma2 = read_config("Gemma2Config", "Gemma2ForCausalLM", sliding_window=4)
+    assert gemma2.attn_types == (local, full, local) and gemma2.sliding_window == 4
+    gemma3 = read_config("Gemma3TextConfig", "Gemma3ForCausalLM", sliding_window=4, sliding_window_pattern=2)
+    assert gemma3.attn_types == (local, full, local)
+    assert read_config("Gemma3TextConfig", "Gemma3ForCausalLM", sliding_window=4).attn_types == (local,) * 3
+    windowed = dict(use_sliding_window=True, sliding_window=4, max_window_layers=1, num_key_value_heads=4)
+    assert read_config("Qwen3Config", "Qwen3ForCausalLM", **windowed).attn_types == (full, local, local)
+    # Without use_sliding_window, transformers drops the window whatever layer_types says.
+    ignored = dict(sliding_window=4, layer_types=["sliding_attention"] * 3, num_key_value_heads=4)
+    unused = read_config("Qwen3Config", "Qwen3ForCausalLM", **ignored)
+    assert unused.attn_types is None and unused.sliding_window is None
+    with pytest.raises(UnsupportedConfigError, match="use_sliding_window"):
+        read_config("Qwen2Config", "Qwen2ForCausalLM", **windowed)

@@ -3,24 +3,56 @@ conftest.py and the client suites under tests/clients/, which run in their own e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
+
+# The suite runs on transformers 5 and, for clients that pin it (circuit-tracer), on 4.57.
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
 def save_tiny(hf_config, folder: Path, seed: int = 0, **save_kwargs) -> torch.nn.Module:
     """A random eager float32 HF model for `hf_config`, saved to `folder`; returns the model."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+    with _biasless_layer_norms_initialized(hf_config):
+        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
     with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb them so they matter
         for name, param in model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(folder, **save_kwargs)
     return model
+
+
+@contextlib.contextmanager
+def _biasless_layer_norms_initialized(hf_config):
+    """Transformers 4's StableLM initializes every LayerNorm's bias, and the per-head q/k norms of
+    qk_layernorm=True have none, so such a model cannot be built from a config (from_pretrained skips
+    initializing the modules it loads, so real checkpoints are unaffected). Initialize those norms as
+    transformers 5 does, weight 1 (save_tiny then perturbs them)."""
+    if TRANSFORMERS_5 or hf_config.model_type != "stablelm":
+        yield
+        return
+    from transformers.models.stablelm.modeling_stablelm import StableLmPreTrainedModel
+
+    original = StableLmPreTrainedModel._init_weights
+
+    def init_weights(self, module):
+        if isinstance(module, torch.nn.LayerNorm) and module.bias is None:
+            module.weight.data.fill_(1.0)
+        else:
+            original(self, module)
+
+    StableLmPreTrainedModel._init_weights = init_weights
+    try:
+        yield
+    finally:
+        StableLmPreTrainedModel._init_weights = original
 
 
 def tiny_tokenizer():

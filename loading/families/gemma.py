@@ -14,7 +14,16 @@ import math
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
+from hooked.loading.adapter import (
+    Adapter,
+    WeightTable,
+    attn_type_fields,
+    register,
+    require,
+    rope_parameters,
+    rotary_fields,
+    sizes,
+)
 from hooked.loading.families.llama import IGNORED, llama_weights
 from hooked.loading.transforms import Copy, PlusOne
 
@@ -42,10 +51,12 @@ def gemma_config(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def gemma2_config(hf: dict[str, Any]) -> dict[str, Any]:
+def gemma2_config(hf: dict[str, Any], default_layer_types: list[str] | None = None) -> dict[str, Any]:
+    # Without layer_types, transformers makes Gemma 2's even layers (0, 2, ...) sliding-window ones.
+    alternate = ["full_attention" if i % 2 else "sliding_attention" for i in range(hf["num_hidden_layers"])]
     return {
         **gemma_config(hf),
-        **attn_type_fields(hf),
+        **attn_type_fields(hf, default_layer_types or alternate),
         "block_norms": "pre_and_post",
         "attn_scale": math.sqrt(hf["query_pre_attn_scalar"]),
         "attn_scores_soft_cap": float(hf.get("attn_logit_softcapping") or 0.0),
@@ -54,13 +65,21 @@ def gemma2_config(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def gemma3_config(hf: dict[str, Any]) -> dict[str, Any]:
-    # rope_parameters holds one set per layer type: full_attention (global) and sliding_attention (local).
+    # Transformers 5 nests rope_parameters by layer type: full_attention (global) and sliding_attention
+    # (local). Transformers 4 kept the global setting in rope_theta / rope_scaling and only the local base,
+    # rope_local_base_freq (local layers never scale).
     rope = hf.get("rope_parameters") or {}
-    local = rope.get("sliding_attention") or {"rope_type": "default", "rope_theta": 10000.0}
-    require({**hf, "local rope_type": local.get("rope_type")}, "local rope_type", ("default",))
-    flat = {**hf, "rope_parameters": rope.get("full_attention") or {}, "rope_scaling": None}
+    full = rope_parameters(hf, rope.get("full_attention"), rope_theta=1000000.0)
+    local = rope_parameters(
+        hf, rope.get("sliding_attention"), {"rope_theta": "rope_local_base_freq"}, None, rope_theta=10000.0
+    )
+    require({**hf, "local rope_type": local["rope_type"]}, "local rope_type", ("default",))
+    flat = {**hf, "rope_parameters": full}  # full already agrees with rope_theta / rope_scaling
+    # Without layer_types, every sliding_window_pattern-th layer is global (transformers' default: 6).
+    pattern = hf.get("sliding_window_pattern") or 6
+    every_nth = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(hf["num_hidden_layers"])]
     return {
-        **gemma2_config(flat),
+        **gemma2_config(flat, every_nth),
         "qk_norm": "shared",
         "rotary_base_local": float(local["rope_theta"]),
         # The reference never applies attn_logit_softcapping to Gemma 3 (its attention does not pass it on;

@@ -11,6 +11,9 @@ from hooked.loading.adapter import Adapter, WeightTable, register, require, rota
 from hooked.loading.transforms import Copy, Heads, HeadsCopied, Transpose
 
 ACTS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
+# Outside rope_parameters, transformers (4 and 5) reads GPT-NeoX's rotary base and fraction from these
+# fields; the rope_theta / partial_rotary_factor copies that 4.x also writes are ignored by it.
+LEGACY_ROPE = {"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"}
 
 
 def gpt_neox_config(hf: dict[str, Any]) -> dict[str, Any]:
@@ -22,7 +25,7 @@ def gpt_neox_config(hf: dict[str, Any]) -> dict[str, Any]:
         "act_fn": require(hf, "hidden_act", ACTS),
         "normalization_type": "LN",
         "eps": hf["layer_norm_eps"],
-        **rotary_fields(hf, d_head),
+        **rotary_fields(hf, d_head, partial=0.25, legacy=LEGACY_ROPE),
         "attn_qkv_bias": bias,
         "attn_out_bias": bias,
         "parallel_attn_mlp": bool(require(hf, "use_parallel_residual", (True, False), default=True)),

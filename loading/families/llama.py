@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from hooked.loading.adapter import Adapter, WeightTable, register, require, rotary_fields, sizes
+from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register, require, rotary_fields, sizes
 from hooked.loading.transforms import Copy, Heads, Transpose
 
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
-def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
+def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
+    """`theta`: the family's rotary base where a config gives none (transformers' default)."""
     fields = sizes(hf)
     d_head = fields["d_head"]
     return {
@@ -21,7 +22,7 @@ def llama_config(hf: dict[str, Any]) -> dict[str, Any]:
         "gated_mlp": True,
         "normalization_type": "RMS",
         "eps": hf["rms_norm_eps"],
-        **rotary_fields(hf, d_head),
+        **rotary_fields(hf, d_head, theta),
         "attn_qkv_bias": bool(hf.get("attention_bias", False)),
         "attn_out_bias": bool(hf.get("attention_bias", False)),
         "mlp_bias": bool(hf.get("mlp_bias", False)),
@@ -33,9 +34,21 @@ def mistral_config(hf: dict[str, Any]) -> dict[str, Any]:
     return {**llama_config(hf), "sliding_window": hf.get("sliding_window")}
 
 
+def qwen_attn_types(hf: dict[str, Any]) -> dict[str, Any]:
+    """Qwen2 and Qwen3's `attn_type_fields`: transformers ignores sliding_window unless use_sliding_window,
+    and without layer_types makes the layers from max_window_layers on sliding-window ones."""
+    window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+    first = hf.get("max_window_layers", 28)
+    default = [
+        "sliding_attention" if window is not None and i >= first else "full_attention"
+        for i in range(hf["num_hidden_layers"])
+    ]
+    return attn_type_fields({**hf, "sliding_window": window}, default)
+
+
 def qwen2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    layer_types = set(hf.get("layer_types") or ["full_attention"])
-    require({**hf, "layer_types": tuple(sorted(layer_types))}, "layer_types", (("full_attention",),))
+    if qwen_attn_types(hf)["attn_types"] is not None:  # some layer has a window: not implemented for Qwen2
+        require(hf, "use_sliding_window", (False, None))
     # Qwen2 hard-codes biases on q/k/v and none on the output projection or the MLP.
     return {**llama_config(hf), "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
 

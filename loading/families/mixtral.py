@@ -20,7 +20,7 @@ from hooked.loading.transforms import Transpose
 
 def mixtral_config(hf: dict[str, Any]) -> dict[str, Any]:
     return {
-        **llama_config(hf),
+        **llama_config(hf, theta=1000000.0),
         "sliding_window": hf.get("sliding_window"),
         "num_experts": hf["num_local_experts"],
         "experts_per_token": hf["num_experts_per_tok"],

@@ -22,7 +22,7 @@ def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
         "act_fn": require(hf, "hidden_act", ACTS),
         "normalization_type": "LN",
         "eps": hf["layer_norm_eps"],
-        **rotary_fields(hf, d_head),
+        **rotary_fields(hf, d_head, partial=0.5),  # transformers' default: rotary on half of each head
         "parallel_attn_mlp": True,
         "unembed_bias": True,
         "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),

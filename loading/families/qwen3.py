@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from hooked.config import HookedTransformerConfig
-from hooked.loading.adapter import Adapter, WeightTable, attn_type_fields, register
-from hooked.loading.families.llama import IGNORED, llama_config, llama_weights
+from hooked.loading.adapter import Adapter, WeightTable, register
+from hooked.loading.families.llama import IGNORED, llama_config, llama_weights, qwen_attn_types
 from hooked.loading.transforms import Copy
 
 
 def qwen3_config(hf: dict[str, Any]) -> dict[str, Any]:
-    return {**llama_config(hf), **attn_type_fields(hf), "qk_norm": "shared"}
+    return {**llama_config(hf), **qwen_attn_types(hf), "qk_norm": "shared"}
 
 
 def qwen3_weights(cfg: HookedTransformerConfig) -> WeightTable:

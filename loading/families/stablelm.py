@@ -23,7 +23,7 @@ def stablelm_config(hf: dict[str, Any]) -> dict[str, Any]:
         "gated_mlp": True,
         "normalization_type": "LN",
         "eps": hf["layer_norm_eps"],
-        **rotary_fields(hf, d_head),
+        **rotary_fields(hf, d_head, partial=0.25),  # transformers' default: rotary on a quarter of each head
         "attn_qkv_bias": bool(hf.get("use_qkv_bias", False)),
         "attn_out_bias": False,
         "mlp_bias": False,
