@@ -177,7 +177,9 @@ def test_a_kv_cache_of_another_model_is_refused(model, reference, other, message
             model(TOKENS[:, :1], past_kv_cache=cache)
     assert len(cache) == TOKENS.shape[1]
     assert all(
-        layer.length == n and torch.equal(layer.keys, k) for layer, (n, k) in zip(cache.layers, before, strict=True)
+        # Only the stored positions: the buffer past them is uninitialized memory (it may hold NaNs).
+        layer.length == n and torch.equal(layer.keys[:, :n], k[:, :n])
+        for layer, (n, k) in zip(cache.layers, before, strict=True)
     )
     assert_unchanged(model, reference)
 
