@@ -108,12 +108,9 @@ def dataset_of_tokens(model, n_rows=64, context=16):
     return datasets.Dataset.from_dict({"input_ids": torch.randint(4, model.cfg.d_vocab, (n_rows, context)).tolist()})
 
 
-@pytest.mark.parametrize("kind", ["tokens", "text"])
-def test_activations_store_gives_the_models_activations(model, kind):
-    hook = "blocks.1.hook_resid_pre"
-    sae = sae_for(hook, model.cfg.d_model, prepend_bos=kind == "text")
-    dataset = dataset_of_tokens(model) if kind == "tokens" else datasets.Dataset.from_dict({"text": TEXTS})
-    store = ActivationsStore.from_sae(
+def small_store(model, sae, dataset) -> ActivationsStore:
+    """SAELens's store over `dataset`, in batches of 4 prompts of 16 tokens."""
+    return ActivationsStore.from_sae(
         model,
         sae,
         dataset=dataset,
@@ -123,6 +120,14 @@ def test_activations_store_gives_the_models_activations(model, kind):
         n_batches_in_buffer=2,
         train_batch_size_tokens=32,
     )
+
+
+@pytest.mark.parametrize("kind", ["tokens", "text"])
+def test_activations_store_gives_the_models_activations(model, kind):
+    hook = "blocks.1.hook_resid_pre"
+    sae = sae_for(hook, model.cfg.d_model, prepend_bos=kind == "text")
+    dataset = dataset_of_tokens(model) if kind == "tokens" else datasets.Dataset.from_dict({"text": TEXTS})
+    store = small_store(model, sae, dataset)
     batch = store.get_batch_tokens()
     assert batch.shape == (4, 16)
     activations = store.get_activations(batch)  # [batch, context, d_in]
@@ -173,16 +178,7 @@ def test_run_evals_measures_the_model_it_is_given(model):
     hook = "blocks.0.hook_resid_post"
     sae = sae_for(hook, model.cfg.d_model)
     dataset = dataset_of_tokens(model)
-    store = ActivationsStore.from_sae(
-        model,
-        sae,
-        dataset=dataset,
-        context_size=16,
-        streaming=False,
-        store_batch_size_prompts=4,
-        n_batches_in_buffer=2,
-        train_batch_size_tokens=32,
-    )
+    store = small_store(model, sae, dataset)
     eval_config = EvalConfig(
         n_eval_reconstruction_batches=1,
         n_eval_sparsity_variance_batches=1,
@@ -195,16 +191,7 @@ def test_run_evals_measures_the_model_it_is_given(model):
     metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_config, exclude_special_tokens=False)
     performance = metrics["model_performance_preservation"]
     # SAELens's clean loss is the model's own next-token loss on the store's first batch.
-    store_again = ActivationsStore.from_sae(
-        model,
-        sae,
-        dataset=dataset,
-        context_size=16,
-        streaming=False,
-        store_batch_size_prompts=4,
-        n_batches_in_buffer=2,
-        train_batch_size_tokens=32,
-    )
+    store_again = small_store(model, sae, dataset)
     batch = store_again.get_batch_tokens(4)
     assert performance["ce_loss_without_sae"] == pytest.approx(model(batch, return_type="loss").item(), rel=1e-5)
     assert performance["ce_loss_with_sae"] > performance["ce_loss_without_sae"]  # an untrained SAE hurts
