@@ -133,11 +133,6 @@ class HookPoint(nn.Module):
 
     def _wrap_forward(self, fn: HookFn):
         def forward_hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> Tensor | None:
-            copied = output.requires_grad and not getattr(fn, "read_only", False)
-            if copied:
-                # An in-place edit (`z[:, :, 4] = 0`) must not change a tensor autograd saved for the backward
-                # pass (fused attention saves its output, softmax its pattern): the hook edits a copy.
-                output = output.clone()
             try:
                 result = fn(output, self)
             except IndexError as error:
@@ -145,7 +140,7 @@ class HookPoint(nn.Module):
                     raise
                 raise IndexError(self._kv_heads_hint(error)) from error
             if result is None:
-                return output if copied else None
+                return None
             if not isinstance(result, Tensor):
                 raise TypeError(f"Hook on {self.name!r} returned {type(result).__name__}; return a Tensor or None.")
             if result.shape != output.shape:
@@ -237,6 +232,15 @@ def listening(point: nn.Module) -> bool:
 def may_edit(point: nn.Module) -> bool:
     """Whether what is at a hook's place may change the activation (see HookPoint.has_editing_hooks)."""
     return point.has_editing_hooks if isinstance(point, HookPoint) else True
+
+
+def for_editing(point: nn.Module, tensor: Tensor) -> Tensor:
+    """`tensor` on its way to hook point `point`, copied where a hook there may edit it in place under autograd.
+
+    For the outputs autograd keeps for the backward pass (fused attention's z, softmax's pattern, sqrt's norm
+    scale), an in-place edit (`z[:, :, 4] = 0`) would otherwise make `.backward()` fail; the copy is made
+    only then, so the unhooked forward and the identity of other points' tensors are untouched."""
+    return tensor.clone() if tensor.requires_grad and may_edit(point) else tensor
 
 
 def wants_gradient(point: nn.Module) -> bool:

@@ -49,6 +49,14 @@ def out_of_place_pattern(pattern, hook):
     return pattern * scale[:, None, None]
 
 
+def in_place_scale(scale, hook):
+    scale *= 2.0
+
+
+def out_of_place_scale(scale, hook):
+    return scale * 2.0
+
+
 def gradients(model, tokens, name, fn):
     model.zero_grad()
     loss = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(name, fn)])
@@ -61,6 +69,7 @@ def gradients(model, tokens, name, fn):
     [
         ("blocks.0.attn.hook_z", in_place_z, out_of_place_z),
         ("blocks.1.attn.hook_pattern", in_place_pattern, out_of_place_pattern),
+        ("blocks.0.ln1.hook_scale", in_place_scale, out_of_place_scale),  # sqrt keeps its output for backward
     ],
 )
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])

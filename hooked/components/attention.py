@@ -26,7 +26,7 @@ from hooked.components.norms import make_qk_norm
 from hooked.components.positional import Rotary, alibi_slopes, apply_rotary, apply_rotary_adjacent
 from hooked.config import AttnType, HookedTransformerConfig
 from hooked.factored_matrix import FactoredMatrix
-from hooked.hook_points import HookPoint, listening, may_edit, wants_gradient
+from hooked.hook_points import HookPoint, for_editing, listening, may_edit, wants_gradient
 
 RotaryTables = tuple[Tensor, Tensor]  # (cos, sin), from positional.Rotary
 
@@ -168,7 +168,7 @@ class Attention(nn.Module):
             k = self.hook_rot_k(self.rotate(k, *rotary))
         if past_kv is not None:
             k, v = past_kv.append(k, v)
-        z = self.hook_z(self._attend(q, k, v, mask))
+        z = self.hook_z(for_editing(self.hook_z, self._attend(q, k, v, mask)))
         return self._write(z)
 
     def _attend(
@@ -195,7 +195,9 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = self.hook_attn_scores(self._scores(q, k).masked_fill(~mask, float("-inf")))
         # Softmax in float32 as Hugging Face does: half-precision exponentials lose the small weights.
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
+        pattern = self.hook_pattern(
+            for_editing(self.hook_pattern, F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
+        )
         return (pattern @ v).transpose(1, 2)
 
     def _scores(

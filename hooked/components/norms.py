@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooked.config import HookedTransformerConfig
-from hooked.hook_points import HookPoint
+from hooked.hook_points import HookPoint, for_editing
 
 
 class LayerNormPre(nn.Module):
@@ -31,7 +31,7 @@ class LayerNormPre(nn.Module):
         dtype = x.dtype
         x = x.float()  # statistics in float32, as torch's fused layer_norm accumulates them
         x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        scale = self.hook_scale(for_editing(self.hook_scale, (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()))
         return self.hook_normalized((x / scale).to(dtype))
 
 
@@ -60,7 +60,7 @@ class RMSNormPre(nn.Module):
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         dtype = x.dtype
         x = x.float()
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        scale = self.hook_scale(for_editing(self.hook_scale, (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()))
         return self.hook_normalized((x / scale).to(dtype))
 
 
