@@ -4,7 +4,7 @@ Loads the embedded default model (SmolLM2-135M), caches every activation of one 
 previous-token and induction heads from their attention patterns, and shows what zero-ablating the
 induction heads does to the loss on a repeated sequence. Writes a picture of one layer's patterns.
 
-    python demos/quickstart.py [--model smollm2-135m] [--out quickstart_attention.png]
+    python demos/quickstart.py [--model smollm2-135m] [--out-dir quickstart]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def plot_patterns(model: HookedTransformer, tokens: torch.Tensor, layer: int, pa
 
 
 @torch.no_grad()
-def main(model_name: str = "smollm2-135m", out: Path = Path("quickstart_attention.png"), half: int = 40) -> dict:
+def main(model_name: str = "smollm2-135m", out_dir: Path = Path("quickstart"), half: int = 40) -> dict:
     start = time.perf_counter()
     model = HookedTransformer.from_pretrained(model_name)
     cfg = model.cfg
@@ -124,6 +124,8 @@ def main(model_name: str = "smollm2-135m", out: Path = Path("quickstart_attentio
         f"zero-ablated (+{ablated - clean:.3f})"
     )
 
+    out = Path(out_dir) / "attention.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     plot_patterns(model, tokens, induction_heads[0][0], out)
     print(f"Wrote {out} ({time.perf_counter() - start:.1f} s in all)")
     return {
@@ -140,6 +142,6 @@ def main(model_name: str = "smollm2-135m", out: Path = Path("quickstart_attentio
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="a short name, checkpoint folder, or .gguf file")
-    parser.add_argument("--out", type=Path, default=Path("quickstart_attention.png"))
+    parser.add_argument("--out-dir", type=Path, default=Path("quickstart"))
     args = parser.parse_args()
-    main(args.model, args.out)
+    main(args.model, args.out_dir)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
 def test_quickstart(tmp_path, capsys):
     import quickstart
 
-    result = quickstart.main(out=tmp_path / "patterns.png")
+    result = quickstart.main(out_dir=tmp_path)
     assert result["top"][0][0] == " Paris"
     best_layer, best_head = result["induction_heads"][0]
     assert result["induction_scores"][best_layer, best_head] > 0.5  # a real induction head, not noise
