@@ -33,8 +33,36 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's tensors do not match what its config says the model is."""
 
 
+# Architectures that are no transformer of the kind HookedTransformer is (state-space and hybrid models): said so,
+# rather than listed among the ones not written yet.
+NOT_TRANSFORMERS = {
+    "MambaForCausalLM": "a state-space model (Mamba)",
+    "Mamba2ForCausalLM": "a state-space model (Mamba-2)",
+    "FalconMambaForCausalLM": "a state-space model (Falcon Mamba)",
+    "RwkvForCausalLM": "a recurrent model (RWKV)",
+    "JambaForCausalLM": "a hybrid of attention and Mamba layers (Jamba)",
+    "Zamba2ForCausalLM": "a hybrid of attention and Mamba layers (Zamba 2)",
+    "FalconH1ForCausalLM": "a hybrid of attention and Mamba layers (Falcon-H1)",
+    "RecurrentGemmaForCausalLM": "a hybrid of attention and recurrent layers (RecurrentGemma)",
+}
+
+
 def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
     architecture = (hf_config.get("architectures") or [None])[0]
+    if architecture in NOT_TRANSFORMERS:
+        raise UnsupportedArchitectureError(
+            f"{architecture} is {NOT_TRANSFORMERS[architecture]}, not a transformer: HookedTransformer's blocks are "
+            "attention and MLP layers only, so it cannot be loaded."
+        )
+    if architecture not in ADAPTERS and str(architecture).endswith("ForConditionalGeneration"):
+        text = (hf_config.get("text_config") or {}).get("architectures") or [
+            hf_config.get("text_config", {}).get("model_type")
+        ]
+        raise UnsupportedArchitectureError(
+            f"{architecture} is a multimodal wrapper (its text model: {text[0]!r}); only text models load. Load the "
+            "language model on its own: save it with transformers (model.language_model) and load that folder, "
+            "or pass hf_model= a causal LM of a supported family."
+        )
     if architecture not in ADAPTERS:
         raise UnsupportedArchitectureError(
             f"Architecture {architecture!r} is not supported. Supported: {', '.join(sorted(ADAPTERS))}."

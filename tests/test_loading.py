@@ -205,3 +205,24 @@ def test_dtype_by_name_and_transformers_keywords(llama_dir):
 def test_unknown_keyword_and_unimplemented_processing_are_errors(llama_dir):
     with pytest.raises(TypeError, match="fold_layernorm"):
         HookedTransformer.from_pretrained(llama_dir[0], fold_layernorm=True)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"architectures": ["MambaForCausalLM"]},
+            r"MambaForCausalLM is a state-space model \(Mamba\), not a transformer",
+        ),
+        ({"architectures": ["JambaForCausalLM"]}, "hybrid of attention and Mamba layers"),
+        (
+            {"architectures": ["LlavaForConditionalGeneration"], "text_config": {"model_type": "llama"}},
+            r"multimodal wrapper \(its text model: 'llama'\).*Load the language model on its own",
+        ),
+    ],
+)
+def test_non_transformers_and_multimodal_wrappers_are_refused_with_the_reason(config, message):
+    from hooked.loading.convert import adapter_for
+
+    with pytest.raises(UnsupportedArchitectureError, match=message):
+        adapter_for(config)
