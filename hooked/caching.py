@@ -59,6 +59,7 @@ class CachingMixin:
         remove_batch_dim: bool = False,
         cache: dict | None = None,
     ) -> dict:
+        """Attach caching hooks (see get_caching_hooks) until reset_hooks(); returns the dict they fill."""
         cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
         for name, fn in fwd:
             self.add_hook(name, fn, dir="fwd")

@@ -286,6 +286,8 @@ class HookedRootModule(CachingMixin, nn.Module):
     cache_class: type[CacheMapping] = CacheMapping
 
     def setup(self) -> None:
+        """Name every hook point (and module) by its path and build `hook_dict` / `mod_dict`; call it after
+        building the tree or replacing a hook point's module."""
         self.mod_dict: dict[str, nn.Module] = {}
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
@@ -297,6 +299,7 @@ class HookedRootModule(CachingMixin, nn.Module):
                 self.hook_dict[name] = module
 
     def hook_points(self) -> Iterator[HookPoint]:
+        """Every hook point, in the order `setup()` found them (forward order)."""
         return iter(self.hook_dict.values())
 
     # ---- adding and removing hooks -------------------------------------------------------
@@ -329,6 +332,7 @@ class HookedRootModule(CachingMixin, nn.Module):
             hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, prepend=prepend, level=level)
 
     def add_perma_hook(self, name_or_filter, hook: HookFn, dir: Direction = "fwd") -> None:
+        """add_hook(..., is_permanent=True): a hook that only reset_hooks(including_permanent=True) removes."""
         self.add_hook(name_or_filter, hook, dir=dir, is_permanent=True)
 
     def reset_hooks(

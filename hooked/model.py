@@ -7,6 +7,7 @@ helpers live in `tokenization.py`, loading in `hooked.loading`; the methods here
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Literal
 
@@ -36,20 +37,9 @@ from hooked.weights import WeightsMixin
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-def _named_tokenizer(name: str):
-    """The Hugging Face tokenizer a config's `tokenizer_name` names (TransformerLens loaded it the same way)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never run code the hub names
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"Could not load the tokenizer cfg.tokenizer_name={name!r}: {error}\nPass tokenizer= to "
-            "HookedTransformer, or set tokenizer_name=None to build the model without a tokenizer."
-        ) from error
-
-
-class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin, HookedRootModule):
+class HookedTransformer(
+    tokenization.TokenMethods, DictionaryMethods, TransformerLensMethods, WeightsMixin, HookedRootModule
+):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
 
     def __init__(
@@ -72,7 +62,7 @@ class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin,
             cfg = HookedTransformerConfig.from_dict(cfg)
         self.cfg = cfg
         if tokenizer is None and cfg.tokenizer_name is not None:
-            tokenizer = _named_tokenizer(cfg.tokenizer_name)
+            tokenizer = tokenization.named_tokenizer(cfg.tokenizer_name)
         if not cfg.d_vocab:  # TransformerLens's d_vocab=-1: the tokenizer's vocabulary size
             if tokenizer is None:
                 raise ValueError("cfg.d_vocab is not set: pass a tokenizer (its vocabulary gives it) or set d_vocab.")
@@ -301,36 +291,41 @@ class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin,
     def dtype(self) -> torch.dtype:
         return self.embed.W_E.dtype
 
-    # ---- tokens (see tokenization.py) --------------------------------------------------------
-
-    def to_tokens(
-        self, input, prepend_bos=None, padding_side=None, move_to_device: bool = True, truncate: bool = True
-    ) -> Int[Tensor, "batch pos"]:
-        """Token ids [batch, pos] of a string or a batch of strings, on the model's device (on the CPU with
-        `move_to_device=False`); None for prepend_bos / padding_side means the model's default."""
-        tokens = tokenization.tokenize(self, input, prepend_bos, padding_side, truncate)[0]
-        return tokens if move_to_device else tokens.cpu()
-
-    def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
-        return tokenization.to_str_tokens(self, input, prepend_bos, padding_side)
-
-    def to_string(self, tokens):
-        return tokenization.to_string(self, tokens)
-
-    def to_single_token(self, string: str) -> int:
-        return tokenization.to_single_token(self, string)
-
-    def to_single_str_token(self, token: int) -> str:
-        return tokenization.to_str_tokens(self, torch.tensor([token]))[0]
-
-    def get_token_position(self, single_token, input, mode="first", prepend_bos=None, padding_side=None) -> int:
-        return tokenization.get_token_position(self, single_token, input, mode, prepend_bos, padding_side)
-
     # ---- generation (see generation.py) ----------------------------------------------------
 
-    def generate(self, input="", max_new_tokens: int = 10, **kwargs):
-        """Continue `input` (str, list of str, or tokens); see `hooked.generation.generate`."""
-        return generate(self, input, max_new_tokens, **kwargs)
+    def generate(
+        self,
+        input: str | list[str] | Int[Tensor, "batch pos"] = "",
+        max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | list[int] | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: tokenization.PaddingSide | None = None,
+        return_type: Literal["input", "str", "tokens"] = "input",
+        verbose: bool = True,
+        seed: int | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        repetition_penalty: float = 1.0,
+        return_cache: bool = False,
+        names_filter=None,
+    ):
+        """Continue `input` (a string, strings, or token ids) by up to `max_new_tokens` tokens, with the hooks
+        that are active applied at every step. `do_sample=False` is greedy; otherwise `temperature`, `top_k`,
+        `top_p`, `freq_penalty` and `repetition_penalty` shape the sampling (see `hooked.sampling`), `seed` makes
+        it reproducible. Rows stop at EOS (`stop_at_eos`, `eos_token_id`), and generation stops, with a warning,
+        where the sequence fills n_ctx. Returns prompt + continuation as the input's type (`return_type`), and
+        with `return_cache=True` also the activations of every returned position (see `hooked.generation`)."""
+        return generate(
+            self, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p, temperature,
+            freq_penalty, use_past_kv_cache, prepend_bos, padding_side, return_type, verbose, seed, attention_mask,
+            repetition_penalty, return_cache, names_filter,
+        )  # fmt: skip
 
     def generate_stream(self, input, max_new_tokens: int = 10, **kwargs):
         """Yield each step's new tokens; see `hooked.generation.generate_stream`."""
@@ -339,9 +334,45 @@ class HookedTransformer(DictionaryMethods, TransformerLensMethods, WeightsMixin,
     # ---- loading (see the loading package) ---------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path=None, **kwargs) -> HookedTransformer:
-        """Load a Hugging Face checkpoint (hub id, local folder, `.gguf` file, or `hf_model=`) as this class."""
-        return load_pretrained(cls, name_or_path, **kwargs)
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str | None = None,
+        tokenizer=None,
+        hf_model: nn.Module | None = None,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+        n_ctx: int | None = None,
+        first_n_layers: int | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        default_prepend_bos: bool | None = None,
+        default_padding_side: tokenization.PaddingSide = "right",
+        **kwargs,
+    ) -> HookedTransformer:
+        """Load a checkpoint as this class: a hub id or TransformerLens short name, a local folder, a `.gguf`
+        file, an embedded model's name ("smollm2-135m"), or a live transformers model (`hf_model=`).
+
+        The weights are converted tensor by tensor; nothing is processed unless a flag asks (`fold_ln`,
+        `center_writing_weights`, `center_unembed`, `fold_value_biases`, `refactor_factored_attn_matrices`),
+        so the numbers are Hugging Face's. `dtype` (a torch dtype or its name), `device`; `n_ctx` shortens the
+        context, `first_n_layers` keeps only the first layers; `revision` picks a hub revision;
+        `trust_remote_code` lets transformers run a folder's custom tokenizer/config code. BOS is prepended by
+        default unless the checkpoint's tokenizer says it adds none (`default_prepend_bos` overrides);
+        `default_padding_side` is where batches of strings are padded. TransformerLens's spellings are accepted
+        in `kwargs`: `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`."""
+        return load_pretrained(
+            cls, name_or_path, dtype=dtype, device=device, tokenizer=tokenizer, hf_model=hf_model, fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            n_ctx=n_ctx, first_n_layers=first_n_layers, revision=revision, trust_remote_code=trust_remote_code,
+            default_prepend_bos=default_prepend_bos, default_padding_side=default_padding_side, **kwargs,
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained_no_processing(cls, name_or_path=None, **kwargs) -> HookedTransformer:

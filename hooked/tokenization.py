@@ -191,6 +191,56 @@ def left_padding_mask(model: HookedTransformer, tokens: Tensor) -> Int[Tensor, "
     return None if not bool(leading.any()) else (~leading).long()
 
 
+def named_tokenizer(name: str):
+    """The Hugging Face tokenizer a config's `tokenizer_name` names (TransformerLens loaded it the same way)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never run code the hub names
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"Could not load the tokenizer cfg.tokenizer_name={name!r}: {error}\nPass tokenizer= to "
+            "HookedTransformer, or set tokenizer_name=None to build the model without a tokenizer."
+        ) from error
+
+
+class TokenMethods:
+    """The model's token helpers (a mixin of HookedTransformer; each delegates to a function above)."""
+
+    def to_tokens(
+        self,
+        input,
+        prepend_bos=None,
+        padding_side=None,
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids [batch, pos] of a string or a batch of strings, on the model's device (on the CPU with
+        `move_to_device=False`); None for prepend_bos / padding_side means the model's default."""
+        tokens = tokenize(self, input, prepend_bos, padding_side, truncate)[0]
+        return tokens if move_to_device else tokens.cpu()
+
+    def to_str_tokens(self, input, prepend_bos=None, padding_side=None):
+        """Each token of `input` (a string, strings, or ids) as its own string: a list (a list of lists)."""
+        return to_str_tokens(self, input, prepend_bos, padding_side)
+
+    def to_string(self, tokens):
+        """Token ids back to text: a string for one sequence, a list of strings for a batch."""
+        return to_string(self, tokens)
+
+    def to_single_token(self, string: str) -> int:
+        """The id of `string`, which must be exactly one token (no BOS); otherwise an error says how many."""
+        return to_single_token(self, string)
+
+    def to_single_str_token(self, token: int) -> str:
+        """The string of one token id."""
+        return to_str_tokens(self, torch.tensor([token]))[0]
+
+    def get_token_position(self, single_token, input, mode="first", prepend_bos=None, padding_side=None) -> int:
+        """Where `single_token` (a string or an id) occurs in `input`: its first or last position (`mode`)."""
+        return get_token_position(self, single_token, input, mode, prepend_bos, padding_side)
+
+
 # ---- datasets of token rows (TransformerLens's utils.tokenize_and_concatenate) --------------------
 
 

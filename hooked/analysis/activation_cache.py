@@ -66,3 +66,21 @@ class ActivationCache(CacheMapping):
 
     def logit_lens(self, layer=None, incl_mid=False, pos_slice=None, mlp_input=False, return_labels=False):
         return logit_analysis.logit_lens(self, layer, incl_mid, pos_slice, mlp_input, return_labels)
+
+
+# Each method's documentation is its function's (help(cache.decompose_resid) shows what it computes).
+for _method, _function in {
+    "accumulated_resid": cache_analysis.accumulated_resid,
+    "decompose_resid": cache_analysis.decompose_resid,
+    "compute_head_results": cache_analysis.compute_head_results,
+    "stack_head_results": cache_analysis.stack_head_results,
+    "stack_activation": cache_analysis.stack_activation,
+    "get_neuron_results": cache_analysis.get_neuron_results,
+    "stack_neuron_results": cache_analysis.stack_neuron_results,
+    "apply_ln_to_stack": cache_analysis.apply_ln_to_stack,
+    "get_full_resid_decomposition": cache_analysis.get_full_resid_decomposition,
+    "logit_attrs": logit_analysis.logit_attrs,
+    "logit_lens": logit_analysis.logit_lens,
+}.items():
+    getattr(ActivationCache, _method).__doc__ = _function.__doc__
+del _method, _function
