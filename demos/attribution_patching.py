@@ -85,18 +85,18 @@ def main(model_name: str = "smollm2-135m", out_dir: Path = Path("attribution_pat
     print(f"Top {top_k} heads by each method: {overlap} in common")
 
     labels = [f"L{layer}H{head}" for layer in range(model.cfg.n_layers) for head in range(n_heads)]
-    scatter = plot_scatter(
+    scatter = out_dir / "attribution_vs_activation.png"
+    plot_scatter(
         activation,
         attribution,
-        out_dir / "attribution_vs_activation.png",
+        scatter,
         labels=labels,
         title=f"IOI heads: attribution vs activation patching (r = {result['correlation']:.2f})",
         xlabel="activation patching (recovered)",
         ylabel="attribution patching (estimate)",
     )
-    grid = plot_layer_head_grid(
-        attribution, out_dir / "attribution_heads.png", title="Attribution patching estimate per head"
-    )
+    grid = out_dir / "attribution_heads.png"
+    plot_layer_head_grid(attribution, grid, title="Attribution patching estimate per head")
     print(f"Wrote {scatter}, {grid} ({time.perf_counter() - start:.1f} s in all)")
     return {**result, "top_overlap": overlap, "files": [scatter, grid]}
 

@@ -79,9 +79,10 @@ def main(
     share = (effects.abs() < 0.01).float().mean().item()
     print(f"{share:.0%} of the {effects.numel()} heads change the loss by less than 0.01 nats.")
 
-    png = plot_layer_head_grid(
+    png = out_dir / "head_ablation.png"
+    plot_layer_head_grid(
         effects,
-        out_dir / "head_ablation.png",
+        png,
         title=f"Rise in loss when each head is {mode}-ablated",
         colorbar_label="loss change (nats)",
     )

@@ -125,9 +125,8 @@ def main(model_name: str = "smollm2-135m", out_dir: Path = Path("induction_heads
     first_half = model(tokens, return_type="loss", loss_per_token=True)[0, :half].mean().item()
     print(f"  (for scale: the unpredictable first copy costs {first_half:.3f})")
 
-    png = plot_layer_head_grid(
-        scores, out_dir / "induction_scores.png", title="Induction score per head", colorbar_label="score"
-    )
+    png = out_dir / "induction_scores.png"
+    plot_layer_head_grid(scores, png, title="Induction score per head", colorbar_label="score")
     html_path = out_dir / "induction_attention.html"
     attention_html(
         model.to_str_tokens(tokens[0]),

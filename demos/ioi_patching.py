@@ -188,17 +188,19 @@ def main(model_name: str = "smollm2-135m", out_dir: Path = Path("ioi_patching"))
         print(f"  L{layer}H{head}  {heads[layer, head].item():+.3f}")
 
     labels = [f"{layer}" for layer in range(n_layers)] + ["final"]
-    resid_png = plot_layer_pos_grid(
+    resid_png = out_dir / "resid_patching.png"
+    plot_layer_pos_grid(
         resid,
         tokens,
-        out_dir / "resid_patching.png",
+        resid_png,
         layer_labels=labels,
         title="IOI: residual stream patching (fraction of logit difference recovered)",
         colorbar_label="recovered",
     )
-    heads_png = plot_layer_head_grid(
+    heads_png = out_dir / "head_patching.png"
+    plot_layer_head_grid(
         heads,
-        out_dir / "head_patching.png",
+        heads_png,
         title="IOI: patching each head's output (all positions)",
         colorbar_label="recovered",
     )

@@ -89,10 +89,11 @@ def main(
             f"{labels[first]!r}, staying there to the end."
         )
 
-    png = plot_logit_lens_table(
+    png = out_dir / "logit_lens.png"
+    plot_logit_lens_table(
         top_probs,
         top_tokens,
-        out_dir / "logit_lens.png",
+        png,
         tokens=tokens,
         layer_labels=labels,
         title=f"Logit lens on {prompt!r}: top token read from each residual stream",

@@ -110,17 +110,23 @@ def test_attention_html_rejects_bad_shapes():
         viz.attention_html(TOKENS, torch.full((1, 6, 6), float("nan")))
 
 
-def test_heatmaps_write_pngs(tmp_path):
+def test_heatmaps_return_figures_and_write_pngs_when_asked(tmp_path):
+    from matplotlib.figure import Figure
+
     grid = torch.randn(4, len(TOKENS))
-    out = viz.plot_layer_pos_grid(grid, TOKENS, tmp_path / "pos.png", title="patching", colorbar_label="recovered")
-    assert out.read_bytes().startswith(PNG)
-    out = viz.plot_layer_head_grid(torch.rand(4, 3), tmp_path / "heads.png", title="head scores")
-    assert out.read_bytes().startswith(PNG)
+    fig = viz.plot_layer_pos_grid(grid, TOKENS, tmp_path / "pos.png", title="patching", colorbar_label="recovered")
+    assert isinstance(fig, Figure) and (tmp_path / "pos.png").read_bytes().startswith(PNG)
+    assert fig.axes[0].get_xlabel() == "position" and len(fig.axes) == 2  # the grid and its colorbar
+    viz.plot_layer_head_grid(torch.rand(4, 3), tmp_path / "heads.png", title="head scores")
+    assert (tmp_path / "heads.png").read_bytes().startswith(PNG)
     top_tokens = [[f"t{l}{p}" for p in range(len(TOKENS))] for l in range(4)]
-    out = viz.plot_logit_lens_table(torch.rand(4, len(TOKENS)), top_tokens, tmp_path / "lens.png", tokens=TOKENS)
-    assert out.read_bytes().startswith(PNG)
-    out = viz.plot_heatmap(np.eye(3), str(tmp_path / "plain.png"), row_labels=["a", "b", "c"])
-    assert out.read_bytes().startswith(PNG)
+    viz.plot_logit_lens_table(torch.rand(4, len(TOKENS)), top_tokens, tmp_path / "lens.png", tokens=TOKENS)
+    assert (tmp_path / "lens.png").read_bytes().startswith(PNG)
+    viz.plot_heatmap(np.eye(3), str(tmp_path / "plain.png"), row_labels=["a", "b", "c"])
+    assert (tmp_path / "plain.png").read_bytes().startswith(PNG)
+    inline = viz.plot_layer_head_grid(torch.rand(2, 3))  # no path: a Figure to display, nothing written
+    assert isinstance(inline, Figure) and [t.get_text() for t in inline.axes[0].get_yticklabels()] == ["0", "1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.png", "lens.png", "plain.png", "pos.png"]
 
 
 def test_heatmaps_reject_bad_shapes(tmp_path):
@@ -139,8 +145,8 @@ def test_heatmaps_reject_bad_shapes(tmp_path):
 
 def test_scatter_writes_png_and_checks_lengths(tmp_path):
     x = torch.randn(12)
-    out = viz.plot_scatter(x, 0.9 * x, tmp_path / "scatter.png", labels=[f"L{i}H0" for i in range(12)], n_labelled=3)
-    assert out.read_bytes().startswith(PNG)
+    viz.plot_scatter(x, 0.9 * x, tmp_path / "scatter.png", labels=[f"L{i}H0" for i in range(12)], n_labelled=3)
+    assert (tmp_path / "scatter.png").read_bytes().startswith(PNG)
     with pytest.raises(ValueError, match="same non-zero number"):
         viz.plot_scatter(torch.randn(3), torch.randn(4), tmp_path / "x.png")
 

@@ -1,8 +1,8 @@
 """PNG heatmaps for patching grids, head scores and logit-lens tables, and a labelled scatter plot.
 
-They draw with matplotlib's object API (a `Figure` saved straight to PNG with Agg), so they never
-touch pyplot's global state or the notebook's backend. Every function takes tensors or numpy arrays;
-tensors are detached, cast to float and moved to the CPU first.
+They draw with matplotlib's object API and return the `Figure` (a notebook shows it inline; `path=` also
+writes a PNG), so they never touch pyplot's global state or the notebook's backend. Every function takes
+tensors or numpy arrays; tensors are detached, cast to float and moved to the CPU first.
 """
 
 from __future__ import annotations
@@ -10,12 +10,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_heatmap", "plot_layer_head_grid", "plot_layer_pos_grid", "plot_logit_lens_table", "plot_scatter"]
+
+
+def _saved(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        fig.savefig(Path(path), format="png", dpi=100)
+    return fig
 
 
 def _to_numpy(values: Any, what: str) -> np.ndarray:
@@ -44,7 +53,7 @@ def _tick_label(token: str, position: int) -> str:
 
 def plot_heatmap(
     values: Any,
-    path: str | Path,
+    path: str | Path | None = None,
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
     title: str = "",
@@ -53,8 +62,9 @@ def plot_heatmap(
     colorbar_label: str = "",
     cell_text: Sequence[Sequence[str]] | None = None,
     diverging: bool | None = None,
-) -> Path:
-    """Draw a [rows, cols] array as a PNG heatmap and return its path.
+) -> Figure:
+    """Draw a [rows, cols] array as a heatmap: a matplotlib Figure (shown inline in a notebook), written as a
+    PNG to `path` when one is given.
 
     diverging: a red-white-blue scale centred on 0 (None: when any value is negative), else white to blue.
     cell_text: optional [rows][cols] strings printed in the cells (e.g. top tokens).
@@ -97,19 +107,17 @@ def plot_heatmap(
             text = str(cell_text[r][c]).replace("\n", "\\n").replace("$", r"\$")
             ax.text(c, r, text, ha="center", va="center", fontsize=6, color="white" if dark else "black")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return _saved(fig, path)
 
 
 def plot_layer_pos_grid(
     values: Any,
     tokens: Sequence[str],
-    path: str | Path,
+    path: str | Path | None = None,
     title: str = "",
     layer_labels: Sequence[str] | None = None,
     colorbar_label: str = "",
-) -> Path:
+) -> Figure:
     """A [layers, positions] grid (e.g. residual-stream patching), positions labelled by their tokens."""
     array = _to_numpy(values, "values")
     if array.ndim != 2:
@@ -122,12 +130,12 @@ def plot_layer_pos_grid(
 
 def plot_layer_head_grid(
     values: Any,
-    path: str | Path,
+    path: str | Path | None = None,
     title: str = "",
     layer_labels: Sequence[str] | None = None,
     head_labels: Sequence[str] | None = None,
     colorbar_label: str = "",
-) -> Path:
+) -> Figure:
     """A [layers, heads] grid: head patching results, head scores, ablation effects."""
     array = _to_numpy(values, "values")
     if array.ndim != 2:
@@ -138,11 +146,11 @@ def plot_layer_head_grid(
 def plot_logit_lens_table(
     top_probs: Any,
     top_tokens: Sequence[Sequence[str]],
-    path: str | Path,
+    path: str | Path | None = None,
     tokens: Sequence[str] | None = None,
     layer_labels: Sequence[str] | None = None,
     title: str = "Logit lens: top prediction after each layer",
-) -> Path:
+) -> Figure:
     """A [layers, positions] table: each cell names the top token read from that residual stream and is
     shaded by its probability. `top_tokens[l][p]` is the string, `top_probs[l, p]` its probability."""
     array = _to_numpy(top_probs, "top_probs")
@@ -170,15 +178,15 @@ def plot_logit_lens_table(
 def plot_scatter(
     x: Any,
     y: Any,
-    path: str | Path,
+    path: str | Path | None = None,
     labels: Sequence[str] | None = None,
     n_labelled: int = 8,
     title: str = "",
     xlabel: str = "",
     ylabel: str = "",
-) -> Path:
+) -> Figure:
     """One point per (x, y) pair, with the y = x diagonal, labelling the `n_labelled` points farthest from
-    the origin (e.g. comparing two estimates of each head's effect)."""
+    the origin (e.g. comparing two estimates of each head's effect). A Figure, saved to `path` if given."""
     from matplotlib.figure import Figure
 
     x, y = _to_numpy(x, "x").ravel(), _to_numpy(y, "y").ravel()
@@ -200,6 +208,4 @@ def plot_scatter(
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=100)
-    return path
+    return _saved(fig, path)
