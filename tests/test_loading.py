@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -50,6 +51,68 @@ def test_sharded_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     tokens = torch.randint(0, 128, (2, 9))
     assert_close(logits_of(HookedTransformer.from_pretrained(tmp_path), tokens), logits_of(hf, tokens), "logits")
+
+
+def _as_pytorch_bin(folder, legacy=False):
+    """Rewrite a safetensors checkpoint as transformers 4's `safe_serialization=False` did (transformers 5
+    writes safetensors only): pytorch_model.bin, or shards listed by pytorch_model.bin.index.json."""
+    index = folder / "model.safetensors.index.json"
+    renamed = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        target = file.name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+        torch.save(load_file(file), folder / target, _use_new_zipfile_serialization=not legacy)
+        renamed[file.name] = target
+        file.unlink()
+    if index.exists():
+        content = json.loads(index.read_text())
+        content["weight_map"] = {name: renamed[file] for name, file in content["weight_map"].items()}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(content))
+        index.unlink()
+
+
+@pytest.mark.parametrize("form", ["single", "sharded", "pre-1.6 format"])
+def test_pytorch_model_bin_loads_like_safetensors(tmp_path, form):
+    shard = {"max_shard_size": "40KB"} if form == "sharded" else {}
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "st", **shard)
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "bin", **shard)
+    _as_pytorch_bin(tmp_path / "bin", legacy=form == "pre-1.6 format")
+    assert not list((tmp_path / "bin").glob("*.safetensors"))
+    assert (tmp_path / "bin" / "pytorch_model.bin.index.json").exists() == (form == "sharded")
+    tokens = torch.randint(0, 128, (2, 9))
+    expected = logits_of(HookedTransformer.from_pretrained(tmp_path / "st"), tokens)
+    assert torch.equal(logits_of(HookedTransformer.from_pretrained(tmp_path / "bin"), tokens), expected)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious pickle does: call a function of the attacker's choosing on load
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pytorch_model_bin_that_would_run_code_is_refused_unrun(tmp_path):
+    import pickle
+
+    from hooked.loading.checkpoint import UnsafeCheckpointError
+
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path)
+    _as_pytorch_bin(tmp_path)
+    marker = tmp_path / "code-ran"
+    state = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    torch.save({**state, "payload": _RunsCode(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match=r"pytorch_model\.bin holds objects other than tensors") as error:
+        HookedTransformer.from_pretrained(tmp_path)
+    assert isinstance(error.value.__cause__, pickle.UnpicklingError)
+    assert "system" in str(error.value)  # torch names the global it refused
+    assert not marker.exists()
+
+
+def test_a_folder_without_weights_names_what_it_holds(tmp_path):
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.pt")
+    with pytest.raises(FileNotFoundError, match=r"neither \.safetensors files nor pytorch_model\.bin .*weights\.pt"):
+        HookedTransformer.from_pretrained(tmp_path)
 
 
 def test_in_memory_hf_model_is_copied_not_shared(llama_dir):
