@@ -11,7 +11,7 @@ from typing import Any
 
 from hooked.loading.aliases import hub_id
 from hooked.loading.checkpoint import read_json
-from hooked.loading.convert import adapter_for, check_layer_count
+from hooked.loading.convert import adapter_for, check_layer_count, check_model_type
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 # Fetched only from a repo without safetensors (older repos, Pythia's intermediate checkpoints), so a repo
@@ -88,7 +88,7 @@ def raw_config(folder: Path) -> dict[str, Any]:
     content = read_json(path)
     if not isinstance(content, dict):
         raise ValueError(f"{path} holds a JSON {type(content).__name__}, not an object of config fields.")
-    adapter_for(content)
+    check_model_type(content, str(path))
     return content
 
 

@@ -176,6 +176,30 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
         HookedTransformer.from_pretrained(tmp_path)
 
 
+def _edit_config(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def test_a_model_type_saved_under_another_architecture_is_named(tmp_path, gpt2_dir):
+    """Transformers saves EXAONE 3 (model_type "exaone") as LlamaForCausalLM, with EXAONE's tensor names: the
+    error names the model type, not a config/weights mismatch."""
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "exaone")
+    _edit_config(tmp_path / "exaone", model_type="exaone")
+    with pytest.raises(
+        UnsupportedArchitectureError, match=r"LlamaForCausalLM but its model_type is 'exaone'.*not supported"
+    ):
+        HookedTransformer.from_pretrained(tmp_path / "exaone")
+    (tmp_path / "gpt2").mkdir()
+    for file in gpt2_dir[0].iterdir():
+        (tmp_path / "gpt2" / file.name).write_bytes(file.read_bytes())
+    _edit_config(tmp_path / "gpt2", architectures=["LlamaForCausalLM"])
+    with pytest.raises(UnsupportedArchitectureError, match=r'It is a GPT2LMHeadModel: set "architectures"'):
+        HookedTransformer.from_pretrained(tmp_path / "gpt2")
+    _edit_config(tmp_path / "gpt2", architectures=["GPT2LMHeadModel"])  # as saved, it loads
+    HookedTransformer.from_pretrained(tmp_path / "gpt2")
+
+
 def test_config_fields_that_change_numbers_are_refused(tmp_path):
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
     save_tiny(LlamaConfig(**LLAMA, **rope_kwargs(10000.0, yarn)), tmp_path / "yarn")

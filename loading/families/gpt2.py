@@ -60,4 +60,7 @@ def gpt2_weights(cfg: HookedTransformerConfig) -> WeightTable:
 # Old checkpoints store the causal-mask buffers; a tied checkpoint may also store lm_head.
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
 
-register("GPT2LMHeadModel", Adapter(gpt2_config, gpt2_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))
+register(
+    "GPT2LMHeadModel",
+    Adapter(gpt2_config, gpt2_weights, IGNORED, model_type="gpt2", prefix="transformer.", layer_index=H_LAYERS),
+)
