@@ -205,11 +205,9 @@ def test_config_fields_that_change_numbers_are_refused(tmp_path):
     save_tiny(LlamaConfig(**LLAMA, **rope_kwargs(10000.0, yarn)), tmp_path / "yarn")
     with pytest.raises(UnsupportedConfigError, match="rope_type='yarn'"):
         HookedTransformer.from_pretrained(tmp_path / "yarn")
-    save_tiny(
-        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16, scale_attn_by_inverse_layer_idx=True),
-        tmp_path / "gpt2",
-    )
-    with pytest.raises(UnsupportedConfigError, match="scale_attn_by_inverse_layer_idx"):
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path / "gpt2")
+    _edit_config(tmp_path / "gpt2", activation_function="quick_gelu")
+    with pytest.raises(UnsupportedConfigError, match="activation_function='quick_gelu'"):
         HookedTransformer.from_pretrained(tmp_path / "gpt2")
 
 
