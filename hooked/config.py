@@ -95,6 +95,8 @@ class HookedTransformerConfig:
     rotary_adjacent_pairs: bool = False  # rotate pairs (2i, 2i+1) (GPT-J) instead of (i, i + rotary_dim/2)
     rotary_base_local: float = 0.0  # rotary base of "local" layers (Gemma 3), without rope_scaling; 0: rotary_base
     attn_scale: float = 0.0  # attention scores are divided by this; 0 means sqrt(d_head)
+    # Layer i's scores are also divided by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx, Stanford CRFM's GPT-2s).
+    scale_attn_by_inverse_layer_idx: bool = False
     attn_scores_soft_cap: float = 0.0  # scores become cap * tanh(scores / cap) before masking (Gemma 2); 0: none
     attn_qkv_bias: bool = True  # q, k, v projections have biases
     attn_out_bias: bool = True  # output projection has a bias
@@ -270,6 +272,10 @@ class HookedTransformerConfig:
         if self.attn_types is not None:
             return self.attn_types[layer]
         return "local" if self.sliding_window is not None else "global"
+
+    def layer_attn_scale(self, layer: int) -> float:
+        """What `layer`'s attention scores are divided by."""
+        return self.attn_scale * (layer + 1) if self.scale_attn_by_inverse_layer_idx else self.attn_scale
 
     def kv_head(self, head: int) -> int:
         """The key/value head query head `head` reads (grouped-query attention: heads share one per group)."""

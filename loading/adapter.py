@@ -33,6 +33,9 @@ class Adapter:
     layer_index: str = r"\.layers\.(\d+)\."
     # A live model's state dict (hf_model=) under checkpoint names, where transformers lays them out differently.
     live: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # The config's `model_type` (transformers builds the model from it, not from the architecture name);
+    # a config naming this architecture with another model_type is refused. Empty: not checked.
+    model_type: str = ""
 
 
 H_LAYERS = r"\.h\.(\d+)\."  # GPT-2-style checkpoints number their blocks `transformer.h.{i}`

@@ -1,4 +1,5 @@
-"""Where tensors come from: safetensors folders (single file or sharded) and in-memory state dicts.
+"""Where tensors come from: safetensors folders (single file or sharded), `pytorch_model.bin` folders (read
+through torch's weights-only unpickler), and in-memory state dicts.
 
 A checkpoint lists its tensor names and hands out one tensor at a time, so the loader never holds
 more than the tensors it is converting (plus the model it is filling). `Checkpoint` names that
@@ -8,9 +9,12 @@ interface; `gguf.py` has the GGUF one.
 from __future__ import annotations
 
 import json
+import pickle
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from safetensors import safe_open
 from torch import Tensor
 
@@ -38,8 +42,7 @@ class Checkpoint(Protocol):
 class SafetensorsCheckpoint:
     """A folder of `.safetensors` files: one, several, or shards listed by `model.safetensors.index.json`.
 
-    Only safetensors is read (never pickle, which runs code on load). Every file a name maps to is
-    inside the folder, and every tensor name is in exactly one file.
+    Every file a name maps to is inside the folder, and every tensor name is in exactly one file.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -47,23 +50,7 @@ class SafetensorsCheckpoint:
         if index.exists():
             self.files = _index_files(index)
         else:
-            files = sorted(folder.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(
-                    f"No .safetensors weights in {folder}. Convert the checkpoint with transformers' "
-                    "`model.save_pretrained(folder)` (safetensors is its default format)."
-                )
-            self.files = {}
-            for file in files:
-                with safe_open(file, "pt") as handle:
-                    for name in handle.keys():
-                        if name in self.files:
-                            raise ValueError(
-                                f"Tensor {name!r} is in both {self.files[name].name} and {file.name} in {folder}, "
-                                "so which one to load is ambiguous; remove the stray file, or add a "
-                                "model.safetensors.index.json that maps each tensor to its file."
-                            )
-                        self.files[name] = file
+            self.files = _unindexed_files(folder, sorted(folder.glob("*.safetensors")), _safetensors_keys)
         self._handles: dict[Path, object] = {}
 
     def names(self) -> list[str]:
@@ -83,6 +70,103 @@ class SafetensorsCheckpoint:
 
     def close(self) -> None:
         self._handles.clear()
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickled checkpoint holds something other than tensors (objects whose unpickling would run code)."""
+
+
+class TorchBinCheckpoint:
+    """A folder of `pytorch_model.bin` files: one, or shards listed by `pytorch_model.bin.index.json`.
+
+    Each file is read with torch's weights-only unpickler, which rebuilds tensors and plain containers
+    and refuses any other object (unpickling one would run code from the file), and memory-mapped, so a
+    tensor's data is read only when it is converted.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        index = folder / "pytorch_model.bin.index.json"
+        self._loaded: dict[Path, dict[str, Tensor]] = {}
+        if index.exists():
+            self.files = _index_files(index)
+        else:
+            self.files = _unindexed_files(folder, sorted(folder.glob("pytorch_model*.bin")), lambda f: self._load(f))
+
+    def _load(self, file: Path) -> dict[str, Tensor]:
+        if file not in self._loaded:
+            self._loaded[file] = _torch_load(file)
+        return self._loaded[file]
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.get(name).shape)
+
+    def get(self, name: str) -> Tensor:
+        file = self.files[name]
+        tensors = self._load(file)
+        if name not in tensors:
+            raise FileNotFoundError(f"The shard index maps {name!r} to {file.name}, which does not hold it.")
+        return tensors[name]
+
+    def close(self) -> None:
+        self._loaded.clear()
+
+
+def _torch_load(file: Path) -> dict[str, Tensor]:
+    """The state dict in a torch-saved file, through the weights-only unpickler (never arbitrary objects)."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            # Files written before torch 1.6 (not zip archives) cannot be memory-mapped: read them whole.
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{file} holds objects other than tensors, which only a full unpickler could rebuild, and unpickling "
+            "runs code from the file; it was not loaded. If you trust its author, load it with transformers and "
+            f"pass hf_model=, or convert it to safetensors. torch said: {error}"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{file} does not hold a state dict (tensors by name); it is not a model checkpoint.")
+    return state
+
+
+def open_checkpoint(folder: Path) -> SafetensorsCheckpoint | TorchBinCheckpoint:
+    """The folder's weights: safetensors where it has them, else `pytorch_model*.bin` files."""
+    if (folder / "model.safetensors.index.json").exists() or any(folder.glob("*.safetensors")):
+        return SafetensorsCheckpoint(folder)
+    if (folder / "pytorch_model.bin.index.json").exists() or any(folder.glob("pytorch_model*.bin")):
+        return TorchBinCheckpoint(folder)
+    found = sorted(p.name for p in folder.iterdir())
+    raise FileNotFoundError(
+        f"No weights in {folder}: neither .safetensors files nor pytorch_model.bin (it holds: "
+        f"{', '.join(found[:20]) + (' ...' if len(found) > 20 else '') or 'nothing'}). Save the model with "
+        "transformers' `model.save_pretrained(folder)`."
+    )
+
+
+def _safetensors_keys(file: Path) -> list[str]:
+    with safe_open(file, "pt") as handle:
+        return list(handle.keys())
+
+
+def _unindexed_files(folder: Path, files: Iterable[Path], keys: Callable[[Path], Iterable[str]]) -> dict[str, Path]:
+    """Tensor name -> file, for weight files without a shard index; a name in two files is ambiguous."""
+    found: dict[str, Path] = {}
+    for file in files:
+        for name in keys(file):
+            if name in found:
+                raise ValueError(
+                    f"Tensor {name!r} is in both {found[name].name} and {file.name} in {folder}, "
+                    "so which one to load is ambiguous; remove the stray file, or add a shard index "
+                    "(model.safetensors.index.json) that maps each tensor to its file."
+                )
+            found[name] = file
+    return found
 
 
 def read_json(path: Path) -> Any:

@@ -70,6 +70,28 @@ def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
     return architecture, ADAPTERS[architecture]
 
 
+def check_model_type(hf_config: dict[str, Any], source: str) -> None:
+    """Refuse a config whose `model_type` is not its architecture's. Transformers builds the model from
+    model_type, and may load one model type with another's code and save it under that architecture's
+    name (EXAONE 3, model_type "exaone", is saved as LlamaForCausalLM with its own tensor names), so the
+    architecture name alone would pick the wrong family."""
+    architecture, adapter = adapter_for(hf_config)
+    model_type = hf_config.get("model_type")
+    if not adapter.model_type or model_type is None or model_type == adapter.model_type:
+        return
+    same = [name for name, other in ADAPTERS.items() if other.model_type == model_type]
+    really = (
+        f'It is a {same[0]}: set "architectures" to ["{same[0]}"] in config.json.'
+        if same
+        else f"That model type is not supported (supported: {', '.join(sorted(ADAPTERS))})."
+    )
+    raise UnsupportedArchitectureError(
+        f"{source} names the architecture {architecture} but its model_type is {model_type!r} ({architecture}'s is "
+        f"{adapter.model_type!r}): the checkpoint is a {model_type!r} model saved under {architecture}'s name, "
+        f"not a {architecture}, so its config and tensors are not {architecture}'s. {really}"
+    )
+
+
 def model_config(
     hf_config: dict[str, Any],
     dtype: torch.dtype = torch.float32,

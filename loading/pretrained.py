@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hooked.config import HookedTransformerConfig
-from hooked.loading.checkpoint import SafetensorsCheckpoint, StateDictCheckpoint
+from hooked.loading.checkpoint import StateDictCheckpoint, open_checkpoint
 from hooked.loading.convert import M, adapter_for, build, model_config
 from hooked.loading.gguf import read_gguf
 from hooked.loading.gguf_tokenizer import tokenizer_from_gguf
@@ -91,7 +91,7 @@ def load_pretrained(
     else:
         folder = resolve(str(name_or_path), revision)
         raw_config(folder)  # an unsupported architecture is named before missing weights are
-        checkpoint = SafetensorsCheckpoint(folder)  # its tensor names bound what the config may ask for
+        checkpoint = open_checkpoint(folder)  # its tensor names bound what the config may ask for
         hf_config = read_config(folder, trust_remote_code, checkpoint.names())
     try:
         model = build(
@@ -129,7 +129,7 @@ def pretrained_config(
         checkpoint.close()
     else:
         folder = resolve(str(name_or_path), revision)
-        checkpoint = SafetensorsCheckpoint(folder)  # tensor names only (headers), to bound the layer count
+        checkpoint = open_checkpoint(folder)  # tensor names only (headers), to bound the layer count
         hf_config = read_config(folder, tensor_names=checkpoint.names())
         checkpoint.close()
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -11,9 +11,12 @@ from typing import Any
 
 from hooked.loading.aliases import hub_id
 from hooked.loading.checkpoint import read_json
-from hooked.loading.convert import adapter_for, check_layer_count
+from hooked.loading.convert import adapter_for, check_layer_count, check_model_type
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
+# Fetched only from a repo without safetensors (older repos, Pythia's intermediate checkpoints), so a repo
+# that ships both formats is downloaded once; "*.json" above already brought pytorch_model.bin.index.json.
+HUB_BIN_FILES = ["pytorch_model*.bin"]
 
 
 # Short names for models that a pip package ships: name -> (package, file inside it, install command).
@@ -60,12 +63,15 @@ def resolve(name_or_path: str, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_BIN_FILES))
+        return folder
     except Exception as error:  # the hub client raises many kinds; all mean "could not get it"
         named = f"{name_or_path!r}" + (f" (hub id {repo!r})" if repo != name_or_path else "")
         raise FileNotFoundError(
             f"{named} is neither a local folder nor a hub id that could be downloaded or found in the local hub "
-            f"cache ({type(error).__name__}: {error}). Pass a path to a folder with config.json and *.safetensors."
+            f"cache ({type(error).__name__}: {error}). Pass a path to a folder with config.json and its weights."
         ) from error
 
 
@@ -82,7 +88,7 @@ def raw_config(folder: Path) -> dict[str, Any]:
     content = read_json(path)
     if not isinstance(content, dict):
         raise ValueError(f"{path} holds a JSON {type(content).__name__}, not an object of config fields.")
-    adapter_for(content)
+    check_model_type(content, str(path))
     return content
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -50,6 +51,68 @@ def test_sharded_checkpoint(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) > 2
     tokens = torch.randint(0, 128, (2, 9))
     assert_close(logits_of(HookedTransformer.from_pretrained(tmp_path), tokens), logits_of(hf, tokens), "logits")
+
+
+def _as_pytorch_bin(folder, legacy=False):
+    """Rewrite a safetensors checkpoint as transformers 4's `safe_serialization=False` did (transformers 5
+    writes safetensors only): pytorch_model.bin, or shards listed by pytorch_model.bin.index.json."""
+    index = folder / "model.safetensors.index.json"
+    renamed = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        target = file.name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+        torch.save(load_file(file), folder / target, _use_new_zipfile_serialization=not legacy)
+        renamed[file.name] = target
+        file.unlink()
+    if index.exists():
+        content = json.loads(index.read_text())
+        content["weight_map"] = {name: renamed[file] for name, file in content["weight_map"].items()}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(content))
+        index.unlink()
+
+
+@pytest.mark.parametrize("form", ["single", "sharded", "pre-1.6 format"])
+def test_pytorch_model_bin_loads_like_safetensors(tmp_path, form):
+    shard = {"max_shard_size": "40KB"} if form == "sharded" else {}
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "st", **shard)
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "bin", **shard)
+    _as_pytorch_bin(tmp_path / "bin", legacy=form == "pre-1.6 format")
+    assert not list((tmp_path / "bin").glob("*.safetensors"))
+    assert (tmp_path / "bin" / "pytorch_model.bin.index.json").exists() == (form == "sharded")
+    tokens = torch.randint(0, 128, (2, 9))
+    expected = logits_of(HookedTransformer.from_pretrained(tmp_path / "st"), tokens)
+    assert torch.equal(logits_of(HookedTransformer.from_pretrained(tmp_path / "bin"), tokens), expected)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious pickle does: call a function of the attacker's choosing on load
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pytorch_model_bin_that_would_run_code_is_refused_unrun(tmp_path):
+    import pickle
+
+    from hooked.loading.checkpoint import UnsafeCheckpointError
+
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path)
+    _as_pytorch_bin(tmp_path)
+    marker = tmp_path / "code-ran"
+    state = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    torch.save({**state, "payload": _RunsCode(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match=r"pytorch_model\.bin holds objects other than tensors") as error:
+        HookedTransformer.from_pretrained(tmp_path)
+    assert isinstance(error.value.__cause__, pickle.UnpicklingError)
+    assert "system" in str(error.value)  # torch names the global it refused
+    assert not marker.exists()
+
+
+def test_a_folder_without_weights_names_what_it_holds(tmp_path):
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.pt")
+    with pytest.raises(FileNotFoundError, match=r"neither \.safetensors files nor pytorch_model\.bin .*weights\.pt"):
+        HookedTransformer.from_pretrained(tmp_path)
 
 
 def test_in_memory_hf_model_is_copied_not_shared(llama_dir):
@@ -113,16 +176,38 @@ def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
         HookedTransformer.from_pretrained(tmp_path)
 
 
+def _edit_config(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
+def test_a_model_type_saved_under_another_architecture_is_named(tmp_path, gpt2_dir):
+    """Transformers saves EXAONE 3 (model_type "exaone") as LlamaForCausalLM, with EXAONE's tensor names: the
+    error names the model type, not a config/weights mismatch."""
+    save_tiny(LlamaConfig(**LLAMA), tmp_path / "exaone")
+    _edit_config(tmp_path / "exaone", model_type="exaone")
+    with pytest.raises(
+        UnsupportedArchitectureError, match=r"LlamaForCausalLM but its model_type is 'exaone'.*not supported"
+    ):
+        HookedTransformer.from_pretrained(tmp_path / "exaone")
+    (tmp_path / "gpt2").mkdir()
+    for file in gpt2_dir[0].iterdir():
+        (tmp_path / "gpt2" / file.name).write_bytes(file.read_bytes())
+    _edit_config(tmp_path / "gpt2", architectures=["LlamaForCausalLM"])
+    with pytest.raises(UnsupportedArchitectureError, match=r'It is a GPT2LMHeadModel: set "architectures"'):
+        HookedTransformer.from_pretrained(tmp_path / "gpt2")
+    _edit_config(tmp_path / "gpt2", architectures=["GPT2LMHeadModel"])  # as saved, it loads
+    HookedTransformer.from_pretrained(tmp_path / "gpt2")
+
+
 def test_config_fields_that_change_numbers_are_refused(tmp_path):
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
     save_tiny(LlamaConfig(**LLAMA, **rope_kwargs(10000.0, yarn)), tmp_path / "yarn")
     with pytest.raises(UnsupportedConfigError, match="rope_type='yarn'"):
         HookedTransformer.from_pretrained(tmp_path / "yarn")
-    save_tiny(
-        GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16, scale_attn_by_inverse_layer_idx=True),
-        tmp_path / "gpt2",
-    )
-    with pytest.raises(UnsupportedConfigError, match="scale_attn_by_inverse_layer_idx"):
+    save_tiny(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16), tmp_path / "gpt2")
+    _edit_config(tmp_path / "gpt2", activation_function="quick_gelu")
+    with pytest.raises(UnsupportedConfigError, match="activation_function='quick_gelu'"):
         HookedTransformer.from_pretrained(tmp_path / "gpt2")
 
 

@@ -46,6 +46,19 @@ VARIANTS = {
         scale_attn_weights=False,
         activation_function="gelu",
     ),
+    # Stanford CRFM's GPT-2s: layer i's scores also divided by i + 1, and computed in float32 (reordered).
+    "gpt2-inverse-layer-scale": lambda: GPT2Config(
+        n_embd=64, n_layer=4, n_head=4, vocab_size=97, n_positions=32, scale_attn_by_inverse_layer_idx=True
+    ),
+    "gpt2-upcast-reordered": lambda: GPT2Config(
+        n_embd=64,
+        n_layer=3,
+        n_head=4,
+        vocab_size=97,
+        n_positions=32,
+        scale_attn_by_inverse_layer_idx=True,
+        reorder_and_upcast_attn=True,
+    ),
     "llama-mha": lambda: LlamaConfig(**SMALL, num_key_value_heads=4),
     "llama-gqa": lambda: LlamaConfig(**SMALL, num_key_value_heads=2),
     "llama-mqa-tied": lambda: LlamaConfig(**SMALL, num_key_value_heads=1, tie_word_embeddings=True),

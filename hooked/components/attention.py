@@ -54,11 +54,12 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos
 class Attention(nn.Module):
     always_explicit = False  # True for variants whose scores SDPA cannot compute
 
-    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global") -> None:
+    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> None:
         super().__init__()
         H, Hkv, D, Dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
         self.cfg = cfg
         self.attn_type = attn_type  # "local": the model gives this layer a sliding-window mask
+        self.scale = scale or cfg.attn_scale  # scores are divided by it (cfg.layer_attn_scale of its layer)
         self.use_sdpa = True  # model.set_attn_implementation switches it
         self.W_Q = head_weight(H, D, Dh)
         self.W_K = head_weight(Hkv, D, Dh)
@@ -188,7 +189,7 @@ class Attention(nn.Module):
             mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
         if not explicit:
             z = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.cfg.attn_scale, enable_gqa=groups > 1
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.scale, enable_gqa=groups > 1
             )
             return z.transpose(1, 2)
         if groups > 1:
@@ -204,7 +205,7 @@ class Attention(nn.Module):
         self, q: Float[Tensor, "batch n_heads query_pos d_head"], k: Float[Tensor, "batch n_heads key_pos d_head"]
     ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
         """Scaled, unmasked attention scores."""
-        return (q @ k.transpose(-1, -2)) / self.cfg.attn_scale
+        return (q @ k.transpose(-1, -2)) / self.scale
 
     def _clip(self, x: Tensor) -> Tensor:
         return x.clamp(-self.cfg.clip_qkv, self.cfg.clip_qkv) if self.cfg.clip_qkv else x
@@ -255,12 +256,13 @@ class AlibiAttention(Attention):
         return super()._scores(q, k) + bias
 
 
-def make_attention(cfg: HookedTransformerConfig, attn_type: AttnType = "global") -> Attention:
-    """The attention variant the config describes, for a layer of `attn_type`."""
+def make_attention(cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> Attention:
+    """The attention variant the config describes, for a layer of `attn_type` whose scores are divided by
+    `scale` (0: cfg.attn_scale)."""
     if cfg.positional_embedding_type == "alibi":
         if cfg.attn_scores_soft_cap:
             raise ValueError("ALiBi attention with soft-capped scores is not implemented.")
-        return AlibiAttention(cfg, attn_type)
+        return AlibiAttention(cfg, attn_type, scale)
     if cfg.attn_scores_soft_cap:
-        return SoftcapAttention(cfg, attn_type)
-    return Attention(cfg, attn_type)
+        return SoftcapAttention(cfg, attn_type, scale)
+    return Attention(cfg, attn_type, scale)

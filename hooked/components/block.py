@@ -49,7 +49,7 @@ class Block(nn.Module):
         self.hook_k_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
         self.hook_v_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
         self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
-        self.attn = make_attention(cfg, cfg.layer_attn_type(layer))
+        self.attn = make_attention(cfg, cfg.layer_attn_type(layer), cfg.layer_attn_scale(layer))
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]

@@ -68,4 +68,7 @@ def bloom_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"lm_head\.weight",)  # a tied checkpoint may store it
 
-register("BloomForCausalLM", Adapter(bloom_config, bloom_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))
+register(
+    "BloomForCausalLM",
+    Adapter(bloom_config, bloom_weights, IGNORED, model_type="bloom", prefix="transformer.", layer_index=H_LAYERS),
+)

@@ -103,6 +103,6 @@ def gemma_weights(cfg: HookedTransformerConfig) -> WeightTable:
     return {name: PlusOne(t.key) if name.endswith(".w") else t for name, t in table.items()}
 
 
-register("GemmaForCausalLM", Adapter(gemma_config, gemma_weights, IGNORED, prefix="model."))
-register("Gemma2ForCausalLM", Adapter(gemma2_config, gemma_weights, IGNORED, prefix="model."))
-register("Gemma3ForCausalLM", Adapter(gemma3_config, gemma_weights, IGNORED, prefix="model."))
+register("GemmaForCausalLM", Adapter(gemma_config, gemma_weights, IGNORED, model_type="gemma", prefix="model."))
+register("Gemma2ForCausalLM", Adapter(gemma2_config, gemma_weights, IGNORED, model_type="gemma2", prefix="model."))
+register("Gemma3ForCausalLM", Adapter(gemma3_config, gemma_weights, IGNORED, model_type="gemma3_text", prefix="model."))

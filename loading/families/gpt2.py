@@ -11,8 +11,9 @@ from hooked.loading.transforms import Copy, Heads, Transpose
 
 
 def gpt2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    require(hf, "scale_attn_by_inverse_layer_idx", (False,), default=False)
-    require(hf, "reorder_and_upcast_attn", (False,), default=False)
+    # Scores computed in float32 (reorder_and_upcast_attn) are what our float32 models compute anyway; in half
+    # precision ours are computed in the weights' dtype, a difference of rounding only.
+    require(hf, "reorder_and_upcast_attn", (False, True), default=False)
     scale = require(hf, "scale_attn_weights", (True, False), default=True)
     d_head = hf["n_embd"] // hf["n_head"]
     return {
@@ -27,6 +28,7 @@ def gpt2_config(hf: dict[str, Any]) -> dict[str, Any]:
         "eps": hf["layer_norm_epsilon"],
         "positional_embedding_type": "standard",
         "attn_scale": d_head**0.5 if scale else 1.0,
+        "scale_attn_by_inverse_layer_idx": bool(require(hf, "scale_attn_by_inverse_layer_idx", (False, True), False)),
         "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
     }
 
@@ -60,4 +62,7 @@ def gpt2_weights(cfg: HookedTransformerConfig) -> WeightTable:
 # Old checkpoints store the causal-mask buffers; a tied checkpoint may also store lm_head.
 IGNORED = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
 
-register("GPT2LMHeadModel", Adapter(gpt2_config, gpt2_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))
+register(
+    "GPT2LMHeadModel",
+    Adapter(gpt2_config, gpt2_weights, IGNORED, model_type="gpt2", prefix="transformer.", layer_index=H_LAYERS),
+)

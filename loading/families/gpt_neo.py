@@ -64,5 +64,8 @@ def gpt_neo_weights(cfg: HookedTransformerConfig) -> WeightTable:
 IGNORED = (r"transformer\.h\.\d+\.attn\.attention\.(bias|masked_bias)", r"lm_head\.weight")
 
 register(
-    "GPTNeoForCausalLM", Adapter(gpt_neo_config, gpt_neo_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS)
+    "GPTNeoForCausalLM",
+    Adapter(
+        gpt_neo_config, gpt_neo_weights, IGNORED, model_type="gpt_neo", prefix="transformer.", layer_index=H_LAYERS
+    ),
 )

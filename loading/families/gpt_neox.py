@@ -80,6 +80,12 @@ def live_names(state: dict[str, Any]) -> dict[str, Any]:
 register(
     "GPTNeoXForCausalLM",
     Adapter(
-        gpt_neox_config, gpt_neox_weights, IGNORED, prefix="gpt_neox.", outside_prefix=("embed_out.",), live=live_names
+        gpt_neox_config,
+        gpt_neox_weights,
+        IGNORED,
+        model_type="gpt_neox",
+        prefix="gpt_neox.",
+        outside_prefix=("embed_out.",),
+        live=live_names,
     ),
 )

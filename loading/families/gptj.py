@@ -64,4 +64,7 @@ def gptj_weights(cfg: HookedTransformerConfig) -> WeightTable:
 # Old checkpoints store the causal-mask buffers; a tied checkpoint may also store lm_head.weight.
 IGNORED = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)", r"lm_head\.weight")
 
-register("GPTJForCausalLM", Adapter(gptj_config, gptj_weights, IGNORED, prefix="transformer.", layer_index=H_LAYERS))
+register(
+    "GPTJForCausalLM",
+    Adapter(gptj_config, gptj_weights, IGNORED, model_type="gptj", prefix="transformer.", layer_index=H_LAYERS),
+)

@@ -84,6 +84,6 @@ def llama_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
 
-register("LlamaForCausalLM", Adapter(llama_config, llama_weights, IGNORED, prefix="model."))
-register("MistralForCausalLM", Adapter(mistral_config, llama_weights, IGNORED, prefix="model."))
-register("Qwen2ForCausalLM", Adapter(qwen2_config, llama_weights, IGNORED, prefix="model."))
+register("LlamaForCausalLM", Adapter(llama_config, llama_weights, IGNORED, model_type="llama", prefix="model."))
+register("MistralForCausalLM", Adapter(mistral_config, llama_weights, IGNORED, model_type="mistral", prefix="model."))
+register("Qwen2ForCausalLM", Adapter(qwen2_config, llama_weights, IGNORED, model_type="qwen2", prefix="model."))

@@ -61,4 +61,7 @@ def unfuse_experts(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-register("MixtralForCausalLM", Adapter(mixtral_config, mixtral_weights, IGNORED, prefix="model.", live=unfuse_experts))
+register(
+    "MixtralForCausalLM",
+    Adapter(mixtral_config, mixtral_weights, IGNORED, model_type="mixtral", prefix="model.", live=unfuse_experts),
+)

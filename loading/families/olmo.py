@@ -44,5 +44,5 @@ def olmo2_weights(cfg: HookedTransformerConfig) -> WeightTable:
     }
 
 
-register("OlmoForCausalLM", Adapter(olmo_config, olmo_weights, IGNORED, prefix="model."))
-register("Olmo2ForCausalLM", Adapter(olmo2_config, olmo2_weights, IGNORED, prefix="model."))
+register("OlmoForCausalLM", Adapter(olmo_config, olmo_weights, IGNORED, model_type="olmo", prefix="model."))
+register("Olmo2ForCausalLM", Adapter(olmo2_config, olmo2_weights, IGNORED, model_type="olmo2", prefix="model."))

@@ -72,4 +72,4 @@ def opt_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"lm_head\.weight",)  # a tied checkpoint may store it
 
-register("OPTForCausalLM", Adapter(opt_config, opt_weights, IGNORED, prefix="model.decoder."))
+register("OPTForCausalLM", Adapter(opt_config, opt_weights, IGNORED, model_type="opt", prefix="model.decoder."))

@@ -60,4 +60,4 @@ def phi_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
 
-register("PhiForCausalLM", Adapter(phi_config, phi_weights, IGNORED, prefix="model."))
+register("PhiForCausalLM", Adapter(phi_config, phi_weights, IGNORED, model_type="phi", prefix="model."))

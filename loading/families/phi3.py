@@ -40,4 +40,4 @@ def phi3_weights(cfg: HookedTransformerConfig) -> WeightTable:
     }
 
 
-register("Phi3ForCausalLM", Adapter(phi3_config, phi3_weights, IGNORED, prefix="model."))
+register("Phi3ForCausalLM", Adapter(phi3_config, phi3_weights, IGNORED, model_type="phi3", prefix="model."))

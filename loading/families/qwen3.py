@@ -24,4 +24,4 @@ def qwen3_weights(cfg: HookedTransformerConfig) -> WeightTable:
     }
 
 
-register("Qwen3ForCausalLM", Adapter(qwen3_config, qwen3_weights, IGNORED, prefix="model."))
+register("Qwen3ForCausalLM", Adapter(qwen3_config, qwen3_weights, IGNORED, model_type="qwen3", prefix="model."))

@@ -68,4 +68,6 @@ def stablelm_weights(cfg: HookedTransformerConfig) -> WeightTable:
 
 IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight")  # lm_head: tied copy
 
-register("StableLmForCausalLM", Adapter(stablelm_config, stablelm_weights, IGNORED, prefix="model."))
+register(
+    "StableLmForCausalLM", Adapter(stablelm_config, stablelm_weights, IGNORED, model_type="stablelm", prefix="model.")
+)
