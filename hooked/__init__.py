@@ -26,7 +26,6 @@ from hooked.config import HookedTransformerConfig, RopeScaling
 from hooked.factored_matrix import FactoredMatrix
 from hooked.hook_points import HookedRootModule, HookPoint
 from hooked.model import HookedTransformer
-from hooked.viz import attention as _attention
 from hooked.viz import heatmaps
 
 # Any HookedRootModule's run_with_cache returns an ActivationCache (TransformerLens's behaviour); the hook
@@ -52,7 +51,7 @@ _MOVED = {
 }
 for _name, _module in _MOVED.items():
     sys.modules[f"{__name__}.{_name}"] = _module
-del _attention, _name, _module
+del _name, _module
 
 __all__ = [
     "ActivationCache",

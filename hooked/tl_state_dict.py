@@ -45,7 +45,7 @@ def accept_transformerlens_keys(model: HookedTransformer, state_dict: dict[str, 
     """A load_state_dict pre-hook on the model: rewrite `state_dict` (torch's copy) as described above."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         module, leaf = _owner(model, key[len(prefix) :])
-        if isinstance(module, Attention) and leaf in DERIVED_BUFFERS and leaf not in module.state_dict():
+        if isinstance(module, Attention) and leaf in DERIVED_BUFFERS and leaf not in module._buffers:
             del state_dict[key]
         elif isinstance(module, Attention) and leaf in RENAMED:
             state_dict[key[: -len(leaf)] + RENAMED[leaf]] = state_dict.pop(key)
