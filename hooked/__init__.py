@@ -7,7 +7,7 @@ generation -> loading -> model -> pictures, with `utils` as TransformerLens's re
 
 import sys
 
-from hooked import dictionaries, utils, viz
+from hooked import circuits, dictionaries, utils, viz
 from hooked.analysis import (
     ablation,
     activation_cache,
@@ -21,6 +21,7 @@ from hooked.analysis import (
 )
 from hooked.analysis.activation_cache import ActivationCache
 from hooked.analysis.head_detection import detect_head
+from hooked.circuits import AttributionGraph, attribution_graph
 from hooked.components import kv_cache
 from hooked.config import HookedTransformerConfig, RopeScaling
 from hooked.factored_matrix import FactoredMatrix
@@ -55,6 +56,7 @@ del _name, _module
 
 __all__ = [
     "ActivationCache",
+    "AttributionGraph",
     "FactoredMatrix",
     "HookPoint",
     "HookedRootModule",
@@ -63,6 +65,8 @@ __all__ = [
     "RopeScaling",
     "ablation",
     "attribution",
+    "attribution_graph",
+    "circuits",
     "detect_head",
     "dictionaries",
     "head_detection",

@@ -28,10 +28,11 @@ class DictionaryMethods:
         """The spliced dictionaries, by the hook each reads."""
         return {name: splice.sae for name, splice in self._splices.items()}
 
-    def add_sae(self, sae: SAE, use_error_term: bool = False) -> None:
+    def add_sae(self, sae: SAE, use_error_term: bool = False, gradient: str = "model") -> None:
         """Splice `sae` in at its hook (replacing one spliced there before): the model then runs on its
         reconstruction, or, with `use_error_term`, on exactly its own activations with the SAE's features
-        readable and editable (see hooked.dictionaries.splice). Stays until `reset_saes()`."""
+        readable and editable (see hooked.dictionaries.splice, also for `gradient`: "model", "replacement"
+        or "skip"). Stays until `reset_saes()`."""
         if not isinstance(sae, SAE):
             raise TypeError(
                 f"add_sae takes a hooked.dictionaries SAE, got {type(sae).__name__}. Load an SAELens SAE's folder "
@@ -47,7 +48,7 @@ class DictionaryMethods:
         if previous is not None:
             previous.detach()
         try:
-            splice = Splice(self, sae, bool(use_error_term))
+            splice = Splice(self, sae, bool(use_error_term), gradient)
             try:
                 splice.attach()
             except BaseException:
@@ -73,16 +74,19 @@ class DictionaryMethods:
         self.setup()
 
     @contextmanager
-    def saes(self, saes: SAEs = (), reset_saes_end: bool = True, use_error_term: bool | None = None):
-        """Context manager: `saes` spliced in inside (with the error term if asked), and on exit what was
-        spliced at their hooks before is put back (also when the body or a splice raises)."""
+    def saes(
+        self, saes: SAEs = (), reset_saes_end: bool = True, use_error_term: bool | None = None, gradient: str = "model"
+    ):
+        """Context manager: `saes` spliced in inside (with the error term if asked; `gradient` as for
+        `add_sae`), and on exit what was spliced at their hooks before is put back (also when the body or a
+        splice raises)."""
         saes = [saes] if isinstance(saes, SAE) else list(saes)
         before: list[tuple[str, Splice | None]] = []
         completed = False
         try:
             for sae in saes:
                 before.append((sae.hook_name, self._splices.get(sae.hook_name)))
-                self.add_sae(sae, use_error_term=bool(use_error_term))
+                self.add_sae(sae, use_error_term=bool(use_error_term), gradient=gradient)
             completed = True
             yield self
         finally:

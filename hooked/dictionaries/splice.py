@@ -19,6 +19,13 @@ constant), and each feature receives what its decoder direction would. SAELens c
 `recons + error` instead (equal up to float rounding) and lets the gradient pass through the encoder.
 Without the error term the output is the reconstruction, and gradients flow through the SAE.
 
+`gradient` chooses, with the error term, which way gradients go back through the splice (the forward
+numbers are the same in all three): "model" (the default, above); "replacement", the replacement model's
+own gradient (the activation is detached, so nothing flows back through what produced it, e.g. the MLP,
+and everything flows through the dictionary's encoder and decoder); "skip", the linear local replacement
+model of attribution graphs (features are constants to the input, gradients flow only through a skip
+transcoder's linear `W_skip` path, and each feature's activation still receives its decoder's gradient).
+
 Per-head points: an SAE whose d_in is n_heads times the point's last axis reads the heads flattened
 (SAELens's reshape_activations="hook_z"), its output unflattened; one whose d_in is the last axis reads
 every head alike.
@@ -45,6 +52,7 @@ SAE_POINTS = (
     "hook_sae_output",
 )
 _EDITS_FEATURES = SAE_POINTS[:4]  # points whose edits change the reconstruction
+GRADIENTS = ("model", "replacement", "skip")
 
 
 def activation_width(cfg: HookedTransformerConfig, hook_name: str) -> tuple[int | None, int]:
@@ -107,9 +115,16 @@ class Layout:
 class Splice:
     """One dictionary spliced into a model at its hook (and, for a transcoder, reading another)."""
 
-    def __init__(self, model, sae: SAE, use_error_term: bool) -> None:
+    def __init__(self, model, sae: SAE, use_error_term: bool, gradient: str = "model") -> None:
         check_fits(model, sae)
-        self.sae, self.use_error_term = sae, use_error_term
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient={gradient!r}: choose one of {GRADIENTS} (see hooked.dictionaries.splice).")
+        if gradient != "model" and not use_error_term:
+            raise ValueError(
+                f"gradient={gradient!r} chooses how gradients pass a splice with the error term; without it the "
+                "model runs on the reconstruction and gradients flow through the SAE: pass use_error_term=True."
+            )
+        self.sae, self.use_error_term, self.gradient = sae, use_error_term, gradient
         self.in_layout = Layout(model.cfg, sae.hook_name, sae.d_in, "d_in", sae)
         self.out_layout = Layout(model.cfg, sae.hook_name_out, sae.d_out, "d_out", sae)
         self.in_point: HookPoint = model.hook_dict[sae.hook_name]
@@ -163,9 +178,11 @@ class Splice:
         if not self.use_error_term:
             recons = self.out_layout.from_sae(sae.reconstruct(x, sae.encode(x)), activation)
             return sae.hook_sae_output(recons)
-        x = x.detach()
+        encoder_input = x if self.gradient == "replacement" else x.detach()
         edited = any(may_edit(getattr(sae, name)) for name in _EDITS_FEATURES)
-        recons = sae.reconstruct(x, sae.encode(x))
+        recons = sae.decode(sae.encode(encoder_input))
+        skip = sae.skip_term(encoder_input if self.gradient == "model" else x)
+        recons = recons if skip is None else recons + skip
         with torch.no_grad():
             clean = sae.reconstruct_without_hooks(x) if edited else recons.detach()
         recons = self.out_layout.from_sae(recons, activation)
@@ -173,7 +190,8 @@ class Splice:
         error_clean = (activation - clean).detach()
         # The error hook gets a copy where it may edit: an in-place edit of error_clean itself would vanish below.
         error = sae.hook_sae_error(error_clean.clone() if may_edit(sae.hook_sae_error) else error_clean)
-        return sae.hook_sae_output(activation + (recons - clean) + (error - error_clean))
+        base = activation if self.gradient == "model" else activation.detach()
+        return sae.hook_sae_output(base + (recons - clean) + (error - error_clean))
 
 
 class _Capture:

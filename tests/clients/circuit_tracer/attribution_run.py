@@ -30,23 +30,12 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: E402
 
-N_LAYERS, D_MODEL, D_VOCAB, D_TRANSCODER = 2, 16, 64, 32
-PROMPT = "w1 w2 w3 w4 w1 w2"
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_setup import CONFIG, D_MODEL, D_TRANSCODER, D_VOCAB, N_LAYERS, PROMPT  # noqa: E402
 
 
 def config() -> HookedTransformerConfig:
-    return HookedTransformerConfig(
-        n_layers=N_LAYERS,
-        d_model=D_MODEL,
-        n_ctx=32,
-        d_head=4,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=D_VOCAB,
-        act_fn="gelu",
-        normalization_type="LN",
-        model_name="tiny-test",
-    )
+    return HookedTransformerConfig(**CONFIG)
 
 
 def make_reference_files() -> None:
@@ -102,6 +91,8 @@ def main() -> None:
     assert not unexpected and all(name.startswith("transcoders.") for name in missing), (missing, unexpected)
     graph = attribute(PROMPT, model, max_n_logits=4, batch_size=16, verbose=False)
     logits = model(graph.input_tokens)[0, -1].detach()
+    if BACKEND == "transformer_lens":
+        write_viewer_json(graph, tokenizer)
     torch.save(
         {
             "adjacency_matrix": graph.adjacency_matrix,
@@ -115,6 +106,18 @@ def main() -> None:
         },
         OUT / f"graph_{BACKEND}.pt",
     )
+
+
+def write_viewer_json(graph, tokenizer) -> None:
+    """circuit-tracer's own viewer file of its graph (its create_graph_files, minus the hub tokenizer lookup)."""
+    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.utils.create_graph_files import build_model, create_nodes, create_used_nodes_and_edges
+
+    node_mask, edge_mask, cumulative_scores = prune_graph(graph, 0.8, 0.98)
+    nodes = create_nodes(graph, node_mask, tokenizer, cumulative_scores)
+    used_nodes, used_edges = create_used_nodes_and_edges(graph, nodes, edge_mask)
+    viewer = build_model(graph, used_nodes, used_edges, "tiny", "tiny", 0.8, tokenizer)
+    (OUT / "graph_reference.json").write_text(viewer.model_dump_json(indent=1))
 
 
 if __name__ == "__main__":

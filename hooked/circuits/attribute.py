@@ -1,0 +1,396 @@
+"""`attribution_graph(model, prompt, transcoders)`: the direct effects between a prompt's features, error
+terms, token embeddings and top logits in the local replacement model (see replacement.py).
+
+Nodes, in this order (circuit-tracer's, so its tools read our adjacency as theirs):
+
+    features   every (layer, position, feature) a transcoder activates, sorted
+    errors     one per (layer, position): the MLP output minus the transcoder's reconstruction
+    tokens     one per position: the embedding the residual stream starts from (`hook_embed`)
+    logits     the most likely next tokens at the last position, until their probabilities sum to
+               `desired_logit_prob` (at most `max_n_logits`), or the `targets` given
+
+`adjacency[t, s]` is the direct effect of source s on target t: how much of t's value s writes along
+paths through the residual stream and attention (patterns and norm scales frozen) that pass no other
+node. A feature's value is its pre-activation; a logit's is the logit minus the mean logit over the
+vocabulary (before any soft cap), which is what its unembedding direction minus the mean direction reads.
+
+Three passes. A clean forward records each transcoder's input and each MLP's output. One forward on
+`batch_size` copies of the prompt, in the linear model (each MLP output replaced by a constant with a
+gradient, `linear_skip`), keeps its graph; each backward pass injects one target's reading direction per
+copy (a feature's encoder row at its input, a logit's demeaned unembedding at the unembedding's input)
+and contracts the gradients at every MLP output and at the embeddings with the sources' vectors: a
+feature's activation times its decoder row, an error vector, an embedding. A last forward with every
+source removed (embeddings zero, MLP outputs without their features and errors, patterns and scales
+fixed at the clean run's) gives each target's `bias`: what no node accounts for (biases, positional
+embeddings, the first `constant_positions` positions' MLP outputs). By linearity each target's
+incoming edges plus its bias equal its value: `AttributionGraph.completeness()` checks it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from hooked.circuits.graph import AttributionGraph
+from hooked.circuits.prune import partial_influence
+from hooked.circuits.replacement import check_transcoders, linear_skip
+from hooked.dictionaries import SAE, TopKSAE
+from hooked.dictionaries.splice import check_fits
+from hooked.progress import progress_bar
+
+_LAYER_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_FROZEN = ("attn.hook_pattern", ".hook_scale")  # what the linear model holds at the clean run's values
+
+
+def attribution_graph(
+    model,
+    prompt: str | Tensor | Sequence[int],
+    transcoders: Iterable[SAE],
+    *,
+    targets: Sequence[int | str] | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 32,
+    constant_positions: int = 1,
+    progress: bool | None = None,
+) -> AttributionGraph:
+    """The attribution graph of `prompt`'s next token (module docstring), with one transcoder per layer
+    (a layer without one has its whole MLP output as its error node).
+
+    `targets`: token ids or strings for the logit nodes instead of the most likely ones. `max_feature_nodes`:
+    keep only that many features, visited in order of their influence on the logits so far (edges from the
+    others are summed per target into `graph.dropped`). `constant_positions`: the first positions whose MLP
+    outputs are constants rather than nodes (a BOS token's features are large and say nothing about the
+    prompt; circuit-tracer treats position 0 so). `batch_size`: targets per backward pass (and copies of
+    the prompt in the retained forward)."""
+    if batch_size < 1 or constant_positions < 0:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 and constant_positions={constant_positions} >= 0.")
+    tokens = _prompt_tokens(model, prompt)
+    n_pos, n_layers = tokens.shape[0], model.cfg.n_layers
+    in_names, out_names, by_layer = _hook_names(model, check_transcoders(model, transcoders))
+    clean = _clean_run(model, tokens, in_names, out_names)
+    parts = [_layer_part(by_layer.get(layer), clean, layer, constant_positions) for layer in range(n_layers)]
+    logit_ids, probabilities, logit_vectors, logit_values = _logit_targets(
+        model, clean, targets, max_n_logits, desired_logit_prob
+    )
+    features = torch.cat([part["features"] for part in parts])  # [n_features, 3]: layer, pos, index
+    n_features, n_logits = len(features), len(logit_ids)
+    n_sources = n_features + (n_layers + 1) * n_pos
+    budget = n_features if max_feature_nodes is None else min(max_feature_nodes, n_features)
+
+    retained = _RetainedForward(model, tokens, in_names, out_names, by_layer, batch_size, clean["embed"])
+    rows = torch.zeros(n_features + n_logits, n_sources)  # [target, source]: features' rows, then the logits'
+    visited = torch.zeros(n_features, dtype=torch.bool)
+    with progress_bar(total=n_logits + budget, progress=progress, desc="attribution graph", unit="node") as bar:
+        for start in range(0, n_logits, batch_size):
+            chunk = range(start, min(start + batch_size, n_logits))
+            rows[n_features + chunk.start : n_features + chunk.stop] = retained.rows(
+                [("final", n_pos - 1, logit_vectors[i]) for i in chunk], parts, n_sources
+            )
+            bar.update(len(chunk))
+        encoders = torch.cat([part["encoders"] for part in parts])
+        while int(visited.sum()) < budget:
+            for chunk in _next_features(rows, visited, probabilities, budget, batch_size):
+                injections = [(("in", int(features[i, 0])), int(features[i, 1]), encoders[i]) for i in chunk]
+                rows[chunk] = retained.rows(injections, parts, n_sources)
+                visited[chunk] = True
+                bar.update(len(chunk))
+    del retained  # the batch-sized graph
+
+    bias = _bias_run(model, tokens, clean, parts, in_names, out_names, by_layer)
+    n_kept = int(visited.sum())
+    n_nodes = n_kept + (n_layers + 1) * n_pos + n_logits
+    targets_rows = torch.cat([torch.nonzero(visited).flatten(), torch.arange(n_features, n_features + n_logits)])
+    source_columns = torch.cat([visited, torch.ones(n_sources - n_features, dtype=torch.bool)])
+    node_rows = torch.cat([torch.arange(n_kept), torch.arange(n_nodes - n_logits, n_nodes)])
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    dropped, values, node_bias = torch.zeros(n_nodes), torch.zeros(n_nodes), torch.zeros(n_nodes)
+    adjacency[node_rows, : n_nodes - n_logits] = rows[targets_rows][:, source_columns]
+    dropped[node_rows] = rows[targets_rows][:, :n_features][:, ~visited].sum(-1)
+    values[node_rows] = torch.cat([torch.cat([part["values"] for part in parts])[visited], logit_values])
+    logit_bias = (bias["final"] @ logit_vectors.T + _demeaned(model.unembed.b_U, logit_ids)).cpu()
+    node_bias[node_rows] = torch.cat([bias["features"][visited], logit_bias])
+    return AttributionGraph(
+        tokens=tokens.cpu(),
+        features=features[visited],
+        activations=torch.cat([part["activations"] for part in parts])[visited],
+        logit_tokens=logit_ids.cpu(),
+        logit_probabilities=probabilities,
+        adjacency=adjacency,
+        bias=node_bias,
+        dropped=dropped,
+        values=values,
+        n_layers=n_layers,
+        hook_in=_LAYER_HOOK.match(in_names[0]).group(2),
+        hook_out=_LAYER_HOOK.match(out_names[0]).group(2),
+        model_name=model.cfg.model_name,
+        **_texts(model, tokens, logit_ids),
+    )
+
+
+def _texts(model, tokens: Tensor, logit_ids: Tensor) -> dict:
+    if getattr(model, "tokenizer", None) is None:
+        return {}
+    return {
+        "token_strings": list(model.to_str_tokens(tokens)),
+        "logit_strings": [model.to_string(int(i)) for i in logit_ids],
+    }
+
+
+def _prompt_tokens(model, prompt) -> Tensor:
+    if isinstance(prompt, str):
+        return model.to_tokens(prompt)[0]
+    tokens = torch.as_tensor(prompt, dtype=torch.long, device=model.device)
+    if tokens.ndim == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.ndim != 1 or tokens.numel() == 0:
+        raise ValueError(
+            f"An attribution graph explains one prompt: got tokens of shape {tuple(tokens.shape)}; pass a string, "
+            "a 1-D token sequence or a [1, pos] tensor (one graph per prompt)."
+        )
+    return tokens
+
+
+def _hook_names(model, transcoders: list[SAE]) -> tuple[list[str], list[str], dict[int, SAE]]:
+    """Per layer, the hook each MLP's transcoder reads and the one it writes; the transcoders by layer."""
+    by_layer: dict[int, SAE] = {}
+    suffixes: set[tuple[str, str]] = set()
+    for transcoder in transcoders:
+        check_fits(model, transcoder)
+        read, write = _LAYER_HOOK.match(transcoder.hook_name), _LAYER_HOOK.match(transcoder.hook_name_out)
+        if read is None or write is None or read.group(1) != write.group(1):
+            raise ValueError(
+                f"A transcoder must read and write hooks of one block (blocks.<layer>.<hook>); this one reads "
+                f"{transcoder.hook_name!r} and writes {transcoder.hook_name_out!r}."
+            )
+        layer = int(read.group(1))
+        if layer in by_layer:
+            raise ValueError(f"Two transcoders for layer {layer}: pass one per MLP.")
+        by_layer[layer] = transcoder
+        suffixes.add((read.group(2), write.group(2)))
+    if len(suffixes) != 1:
+        raise ValueError(
+            f"The transcoders read and write different hooks from layer to layer ({sorted(suffixes)}); an "
+            "attribution graph needs one pair for every layer (e.g. hook_resid_mid -> hook_mlp_out)."
+        )
+    (read, write), layers = suffixes.pop(), range(model.cfg.n_layers)
+    return [f"blocks.{layer}.{read}" for layer in layers], [f"blocks.{layer}.{write}" for layer in layers], by_layer
+
+
+def _clean_run(model, tokens: Tensor, in_names: list[str], out_names: list[str]) -> dict:
+    """The prompt's clean forward: transcoder inputs, MLP outputs, embeddings, frozen values, logits."""
+    wanted = set(in_names + out_names + ["hook_embed", "unembed.hook_out"])
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(
+            tokens[None], names_filter=lambda name: name in wanted or name.endswith(_FROZEN)
+        )
+    return {
+        "in": [cache[name][0] for name in in_names],
+        "out": [cache[name][0].float() for name in out_names],
+        "embed": cache["hook_embed"][0].float(),
+        "frozen": {name: value for name, value in cache.cache_dict.items() if name.endswith(_FROZEN)},
+        "logits": logits[0, -1].float(),  # what the model predicts (after any soft cap)
+        "unembed": cache["unembed.hook_out"][0, -1].float(),  # before it
+    }
+
+
+def _decoder_rows(transcoder: SAE) -> Tensor:
+    """What one unit of each feature's activation writes, [d_sae, d_out]."""
+    W_dec = transcoder.W_dec.detach().float()
+    if isinstance(transcoder, TopKSAE) and transcoder.rescale_acts_by_decoder_norm:
+        return W_dec / W_dec.norm(dim=-1, keepdim=True)
+    return W_dec
+
+
+def _layer_part(transcoder: SAE | None, clean: dict, layer: int, constant_positions: int) -> dict:
+    """One layer's nodes: its active features (ids, activations, pre-activations, encoder and scaled decoder
+    rows), their summed writes, and its error vectors; positions before `constant_positions` have none."""
+    out = clean["out"][layer]
+    d_out = out.shape[-1]
+    if transcoder is None:
+        features, activations = torch.zeros(0, 3, dtype=torch.long), out.new_zeros(0)
+        d_in = clean["in"][layer].shape[-1]
+        part = {"values": torch.zeros(0), "encoders": out.new_zeros(0, d_in), "decoders": out.new_zeros(0, d_out)}
+        writes, recons = torch.zeros_like(out), torch.zeros_like(out)
+    else:
+        with torch.no_grad():
+            x = clean["in"][layer].to(transcoder.dtype)
+            pre = transcoder.pre_activation(x)
+            acts = transcoder.activation(pre).float()
+            acts[:constant_positions] = 0
+            writes = acts @ _decoder_rows(transcoder)
+            skip = transcoder.skip_term(x)
+            recons = writes + transcoder.b_dec.float() + (0 if skip is None else skip.float())
+        pos, index = torch.nonzero(acts, as_tuple=True)
+        features = torch.stack([torch.full_like(pos, layer), pos, index], dim=1).cpu()
+        activations = acts[pos, index]
+        part = {
+            "values": pre[pos, index].float().cpu(),
+            "encoders": transcoder.W_enc.detach()[:, index].T.float(),
+            "decoders": activations[:, None] * _decoder_rows(transcoder)[index],
+        }
+    error = out - recons
+    error[:constant_positions] = 0
+    return {**part, "features": features, "activations": activations.cpu(), "writes": writes, "error": error}
+
+
+def _logit_targets(model, clean: dict, targets, max_n_logits: int, desired_logit_prob: float):
+    """Logit nodes: token ids, probabilities, demeaned unembedding directions [k, d_model], values."""
+    probabilities = torch.softmax(clean["logits"], dim=-1)
+    if targets is None:
+        top = torch.topk(probabilities, min(max_n_logits, probabilities.numel()))
+        n = int(torch.searchsorted(torch.cumsum(top.values, 0), desired_logit_prob)) + 1
+        ids = top.indices[: min(n, len(top.indices))]
+    else:
+        ids = torch.tensor(
+            [model.to_single_token(t) if isinstance(t, str) else int(t) for t in targets], device=probabilities.device
+        )
+        if ids.numel() == 0 or ids.min() < 0 or ids.max() >= probabilities.numel():
+            raise ValueError(f"targets {list(targets)} must be 1 or more token ids in 0..{probabilities.numel() - 1}.")
+    W_U = model.unembed.W_U.detach().float()
+    vectors = (W_U[:, ids] - W_U.mean(dim=1, keepdim=True)).T
+    values = clean["unembed"][ids] - clean["unembed"].mean()
+    return ids, probabilities[ids].cpu(), vectors, values.cpu()
+
+
+def _demeaned(b_U: Tensor | None, ids: Tensor) -> Tensor:
+    if b_U is None:
+        return torch.zeros(len(ids), device=ids.device)
+    b_U = b_U.detach().float()
+    return b_U[ids] - b_U.mean()
+
+
+class _RetainedForward:
+    """The linear model's forward on `batch_size` copies of the prompt, its graph kept for backward passes."""
+
+    def __init__(self, model, tokens, in_names, out_names, by_layer, batch_size: int, embed: Tensor) -> None:
+        self.captured: dict = {}
+        self.embed, self.n_layers = embed, len(out_names)
+        hooks = [("hook_embed", self._leaf("embed")), ("unembed.hook_in", self._capture("final"))]
+        for layer, (read, write) in enumerate(zip(in_names, out_names, strict=True)):
+            hooks += [(read, self._capture(("in", layer))), (write, self._output(layer, by_layer.get(layer)))]
+        flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+        try:
+            for parameter, _ in flags:  # gradients are wanted for activations only
+                parameter.requires_grad_(False)
+            with torch.enable_grad(), model.frozen(), model.hooks(fwd_hooks=hooks):
+                model(tokens.expand(batch_size, -1))
+        finally:
+            for parameter, flag in flags:
+                parameter.requires_grad_(flag)
+
+    def _capture(self, key):
+        def hook(activation: Tensor, hook) -> None:
+            self.captured[key] = activation
+
+        return hook
+
+    def _leaf(self, key):
+        def hook(activation: Tensor, hook) -> Tensor:
+            self.captured[key] = leaf = activation.detach().requires_grad_(True)
+            return leaf
+
+        return hook
+
+    def _output(self, layer: int, transcoder: SAE | None):
+        """The MLP's output as a constant source (a leaf whose gradient is read), plus a skip transcoder's
+        linear path from its input."""
+
+        def hook(activation: Tensor, hook) -> Tensor:
+            self.captured[("out", layer)] = leaf = activation.detach().requires_grad_(True)
+            skip = None if transcoder is None else transcoder.skip_term(self.captured[("in", layer)])
+            return linear_skip(leaf, None if skip is None else skip.to(activation.dtype))
+
+        return hook
+
+    def rows(self, injections: list[tuple], parts: list[dict], n_sources: int) -> Tensor:
+        """One backward pass: row b is the direct effects on the target whose reading vector is injected at
+        (tensor key, position) in copy b, [len(injections), n_sources]."""
+        grad_outputs: dict = {}
+        for b, (key, pos, vector) in enumerate(injections):
+            if key not in grad_outputs:
+                grad_outputs[key] = torch.zeros_like(self.captured[key])
+            grad_outputs[key][b, pos] = vector.to(grad_outputs[key].dtype)
+        keys = list(grad_outputs)
+        sources = [self.captured["embed"]] + [self.captured[("out", layer)] for layer in range(self.n_layers)]
+        grads = torch.autograd.grad(
+            [self.captured[key] for key in keys],
+            sources,
+            [grad_outputs[key] for key in keys],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        n, n_pos = len(injections), self.embed.shape[0]
+        row = torch.zeros(n, n_sources)
+        first_error = n_sources - (self.n_layers + 1) * n_pos
+        column = 0
+        for layer, (part, grad) in enumerate(zip(parts, grads[1:], strict=True)):
+            k = len(part["features"])
+            if grad is not None:
+                grad = grad[:n].float()
+                if k:
+                    at_features = grad[:, part["features"][:, 1].to(grad.device)]  # [n, k, d_out]
+                    row[:, column : column + k] = torch.einsum("nkd,kd->nk", at_features, part["decoders"]).cpu()
+                errors = slice(first_error + layer * n_pos, first_error + (layer + 1) * n_pos)
+                row[:, errors] = torch.einsum("npd,pd->np", grad, part["error"]).cpu()
+            column += k
+        if grads[0] is not None:
+            row[:, n_sources - n_pos :] = torch.einsum("npd,pd->np", grads[0][:n].float(), self.embed).cpu()
+        return row
+
+
+def _next_features(rows: Tensor, visited: Tensor, probabilities: Tensor, budget: int, batch_size: int):
+    """Batches of features to compute rows for next: all of them in order, or, under a budget, the unvisited
+    ones with the most influence on the logits through the rows computed so far."""
+    n_features = len(visited)
+    if budget == n_features:
+        pending = torch.nonzero(~visited).flatten()
+    else:
+        influence = partial_influence(rows, visited, probabilities)[:n_features]
+        ranked = torch.argsort(influence, descending=True)
+        pending = ranked[~visited[ranked]][: min(4 * batch_size, budget - int(visited.sum()))]
+    return [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+
+
+def _bias_run(model, tokens, clean, parts, in_names, out_names, by_layer) -> dict:
+    """The linear model's forward with every source removed: what each target reads from no node."""
+    captured: dict = {}
+
+    def fixed(value: Tensor):
+        return lambda activation, hook: value.clone()
+
+    def capture(key):
+        return lambda activation, hook: captured.__setitem__(key, activation)
+
+    def without_sources(layer: int):
+        transcoder, part = by_layer.get(layer), parts[layer]
+
+        def hook(activation: Tensor, hook) -> Tensor:
+            constant = clean["out"][layer] - part["writes"] - part["error"]
+            if transcoder is not None and transcoder.W_skip is not None:
+                skip = transcoder.skip_term
+                constant = constant - skip(clean["in"][layer]).float() + skip(captured[layer][0]).float()
+            return constant[None].to(activation.dtype)
+
+        return hook
+
+    hooks = [(name, fixed(value)) for name, value in clean["frozen"].items()]
+    hooks += [("hook_embed", lambda activation, hook: torch.zeros_like(activation))]
+    hooks += [("unembed.hook_in", capture("final"))]
+    for layer, (read, write) in enumerate(zip(in_names, out_names, strict=True)):
+        hooks += [(read, capture(layer)), (write, without_sources(layer))]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens[None])
+        feature_bias = []
+        for layer, part in enumerate(parts):
+            if layer in by_layer and len(part["features"]):
+                pre = by_layer[layer].pre_activation(captured[layer][0].to(by_layer[layer].dtype)).float()
+                feature_bias.append(pre[part["features"][:, 1], part["features"][:, 2]].cpu())
+    return {
+        "features": torch.cat(feature_bias) if feature_bias else torch.zeros(0),
+        "final": captured["final"][0, -1].float(),
+    }
