@@ -115,3 +115,38 @@ class RowsFrom(Transform):
 
     def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
         return tensor[self.start :]
+
+
+class Pick(Transform):
+    """`tensor[index]` (a view), transposed with `transpose`: one expert's matrix out of a stacked
+    [n_experts, ...] tensor, `Pick("...experts.down_proj", (e,))`, or every other column of an interleaved
+    one, `Pick("...gate_up_proj", (e, slice(None), slice(0, None, 2)))`."""
+
+    def __init__(self, key: str, index: tuple, transpose: bool = False) -> None:
+        super().__init__(key)
+        self.index, self.transpose = index, transpose
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        out = tensor[self.index]
+        return out.T if self.transpose else out
+
+    def __repr__(self) -> str:
+        return f"Pick({self.key!r}, {self.index}, transpose={self.transpose})"
+
+
+class Scaled(Transform):
+    """Another transform's output times `factor` (a copy): a constant multiplier of a family folded into
+    the weight it multiplies (Granite's residual_multiplier into W_O and the experts' W_out)."""
+
+    def __init__(self, inner: Transform, factor: float) -> None:
+        super().__init__(inner.key)
+        self.inner, self.factor = inner, factor
+
+    def format(self, layer: int) -> Transform:
+        return Scaled(self.inner.format(layer), self.factor)
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        return self.inner(tensor, cfg) * self.factor
+
+    def __repr__(self) -> str:
+        return f"Scaled({self.inner!r}, {self.factor})"

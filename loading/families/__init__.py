@@ -10,9 +10,11 @@ from hooked.loading.families import (  # noqa: F401
     llama,
     mixtral,
     olmo,
+    olmoe,
     opt,
     phi,
     phi3,
     qwen3,
+    qwen_moe,
     stablelm,
 )
