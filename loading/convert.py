@@ -133,23 +133,30 @@ def build(
     # The weight table and the model grow with the config's sizes; a config that asks for more than the
     # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
     _check_sizes(checkpoint, cfg, adapter, architecture)
+    weights = adapter.weights(cfg)
+    factors = adapter.multipliers(hf_config) if adapter.multipliers is not None else {}
+    factors = {name: factor for name, factor in factors.items() if name in weights and factor != 1.0}
     table = {
-        name.format(i=layer): t.format(layer)
-        for name, t in adapter.weights(cfg).items()
+        name.format(i=layer): (t.format(layer), factors.get(name))
+        for name, t in weights.items()
         for layer in (range(cfg.n_layers) if "{i}" in name else [0])
     }
-    _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
+    _check_tensor_names(checkpoint.names(), {n: t for n, (t, _) in table.items()}, adapter, cfg.n_layers)
+    if "unembed.W_U" in factors and cfg.tie_word_embeddings:
+        cfg = cfg.replace(tie_word_embeddings=False)  # the scaled W_U is a copy, no longer W_E's transpose
 
     with torch.device("meta"):
         model = cls(cfg)
-    remaining = Counter(t.key for t in table.values())
+    remaining = Counter(t.key for t, _ in table.values())
     loaded: dict[str, torch.Tensor] = {}
     # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
-    for name, transform in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
+    for name, (transform, factor) in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
         key = transform.key
         if key not in loaded:
             loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
         tensor = transform(loaded[key], cfg)
+        if factor is not None:
+            tensor = tensor * factor
         remaining[key] -= 1
         if not remaining[key]:
             del loaded[key]  # the parameters keep views of it; this is the loader's last reference

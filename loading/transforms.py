@@ -132,21 +132,3 @@ class Pick(Transform):
 
     def __repr__(self) -> str:
         return f"Pick({self.key!r}, {self.index}, transpose={self.transpose})"
-
-
-class Scaled(Transform):
-    """Another transform's output times `factor` (a copy): a constant multiplier of a family folded into
-    the weight it multiplies (Granite's residual_multiplier into W_O and the experts' W_out)."""
-
-    def __init__(self, inner: Transform, factor: float) -> None:
-        super().__init__(inner.key)
-        self.inner, self.factor = inner, factor
-
-    def format(self, layer: int) -> Transform:
-        return Scaled(self.inner.format(layer), self.factor)
-
-    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
-        return self.inner(tensor, cfg) * self.factor
-
-    def __repr__(self) -> str:
-        return f"Scaled({self.inner!r}, {self.factor})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, save_tiny
+from conftest import assert_close, rope_kwargs, save_tiny
 
 # The invariants every family keeps (test_parity_families.py), collected here again, where they run on this
 # module's `pair`: logits / residuals / patterns, a live model, the fast path, left padding, the loss, identity
@@ -119,6 +119,65 @@ VARIANTS = {
             tie_word_embeddings=True,
         ),
         SHARED_HOOKS,
+    ),
+    "granitemoe-multipliers-tied": (
+        lambda: config(
+            "GraniteMoeConfig",
+            **TINY,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            embedding_multiplier=3.0,
+            attention_multiplier=0.3,
+            residual_multiplier=0.4,
+            logits_scaling=2.5,
+            tie_word_embeddings=True,
+        ),
+        ROUTER_HOOKS,
+    ),
+    "granitemoe-top1-untied-bias": (
+        lambda: config(
+            "GraniteMoeConfig",
+            **TINY,
+            num_key_value_heads=4,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            residual_multiplier=0.5,
+            attention_bias=True,
+            tie_word_embeddings=False,
+        ),
+        MOE_HOOKS[:3],
+    ),
+    "gpt_oss-sinks-sliding-clamped": (
+        # A limit small enough to clamp many of the tiny model's gate and linear branches.
+        lambda: config(
+            "GptOssConfig",
+            **TINY,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            swiglu_limit=0.1,
+            **rope_kwargs(10000.0),  # the released checkpoints' yarn is not implemented yet
+        ),
+        [*ROUTER_HOOKS, "blocks.0.attn.hook_pattern"],
+    ),
+    "gpt_oss-full-mqa-top1": (
+        lambda: config(
+            "GptOssConfig",
+            **TINY,
+            num_key_value_heads=1,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            sliding_window=4,
+            layer_types=["full_attention", "full_attention"],
+            tie_word_embeddings=True,
+            **rope_kwargs(500.0),
+        ),
+        MOE_HOOKS,
     ),
 }
 
