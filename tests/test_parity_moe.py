@@ -264,3 +264,61 @@ def test_an_edit_of_one_experts_output_moves_the_mlp_output_by_it(pair):
             _, edited = model.run_with_cache(tokens, names_filter="blocks.0.hook_mlp_out")
     expected = clean["blocks.0.hook_mlp_out"] - clean["blocks.0.mlp.hook_expert_out"][:, :, 0]
     assert_close(edited["blocks.0.hook_mlp_out"], expected, "resid", label=name)
+
+
+REFUSED = {
+    "Qwen3-MoE dense layers": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", dict(mlp_only_layers=[1]), "mlp_only_layers"),
+    "Qwen2-MoE sparse step": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(decoder_sparse_step=2), "sparse_step"),
+    "OLMoE clip after the norms": ("OlmoeConfig", "OlmoeForCausalLM", dict(clip_qkv=0.5), "clip_qkv"),
+    "GPT-OSS another alpha": ("GptOssConfig", "GptOssForCausalLM", dict(swiglu_alpha=1.0), "swiglu_alpha"),
+    "GPT-OSS yarn": ("GptOssConfig", "GptOssForCausalLM", {}, "rope_type='yarn'"),  # the released checkpoints'
+    "GPT-OSS MXFP4": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        dict(quantization_config={"quant_method": "mxfp4"}),
+        "quantized \\(mxfp4\\).*dequantize",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_config_fields_that_change_numbers_are_refused(case):
+    from hooked.loading import UnsupportedConfigError, build
+
+    name, architecture, fields, message = REFUSED[case]
+    hf = config(name, architectures=[architecture], **fields).to_dict()
+    with pytest.raises(UnsupportedConfigError, match=message):
+        build(HookedTransformer, hf, checkpoint=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "architecture", "reason"),
+    [
+        ("DeepseekV2Config", "DeepseekV2ForCausalLM", "multi-head latent attention"),
+        ("DeepseekV3Config", "DeepseekV3ForCausalLM", "multi-head latent attention"),
+        ("Llama4TextConfig", "Llama4ForCausalLM", "chunked local attention"),
+    ],
+)
+def test_families_the_block_cannot_express_are_refused_with_the_reason(name, architecture, reason):
+    from hooked.loading.convert import UnsupportedArchitectureError, model_config
+
+    hf = config(name, architectures=[architecture]).to_dict()
+    with pytest.raises(UnsupportedArchitectureError, match=f"{architecture} is not supported yet: it has {reason}"):
+        model_config(hf)
+
+
+def test_expert_stack_slices_positions_and_scales_like_the_other_stacks(pair):
+    name, _, model = pair
+    tokens = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    stack = cache.stack_expert_results(layer=1)
+    assert_close(stack.sum(0), cache["mlp_out", 0], "resid", label=name)
+    last = cache.stack_expert_results(pos_slice=-1)
+    assert torch.equal(last, cache.stack_expert_results()[:, :, -1])
+    scaled = cache.stack_expert_results(pos_slice=(2, 5), apply_ln=True)
+    expected = cache.apply_ln_to_stack(cache.stack_expert_results(pos_slice=(2, 5)), pos_slice=(2, 5))
+    assert torch.equal(scaled, expected)
+    _, filtered = model.run_with_cache(tokens, names_filter=lambda n: "hook_expert_out" not in n)
+    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.hook_expert_out.*names_filter"):
+        filtered.stack_expert_results()
