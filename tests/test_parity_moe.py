@@ -322,3 +322,20 @@ def test_expert_stack_slices_positions_and_scales_like_the_other_stacks(pair):
     _, filtered = model.run_with_cache(tokens, names_filter=lambda n: "hook_expert_out" not in n)
     with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.hook_expert_out.*names_filter"):
         filtered.stack_expert_results()
+
+
+def test_the_residual_decomposition_sums_back_with_experts_in_place_of_mlp_outputs(pair):
+    """get_full_resid_decomposition keeps each MLP output whole (a mixture of experts has no per-block neurons);
+    its stack sums to every residual stream, and so does it with each MLP output replaced by its experts."""
+    name, _, model = pair
+    tokens = torch.randint(0, V, (2, 7))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    n_layers = model.cfg.n_layers
+    for layer in range(n_layers + 1):
+        stack, labels = cache.get_full_resid_decomposition(layer, expand_neurons=False, return_labels=True)
+        resid = cache["resid_post", n_layers - 1] if layer == n_layers else cache["resid_pre", layer]
+        assert_close(stack.sum(0), resid, "resid", label=f"{name} stream {layer}")
+        kept = [i for i, label in enumerate(labels) if not label.endswith("_mlp_out")]
+        experts = cache.stack_expert_results(layer)
+        assert_close(stack[kept].sum(0) + experts.sum(0), resid, "resid", label=f"{name} experts, stream {layer}")
