@@ -339,3 +339,17 @@ def test_the_residual_decomposition_sums_back_with_experts_in_place_of_mlp_outpu
         kept = [i for i, label in enumerate(labels) if not label.endswith("_mlp_out")]
         experts = cache.stack_expert_results(layer)
         assert_close(stack[kept].sum(0) + experts.sum(0), resid, "resid", label=f"{name} experts, stream {layer}")
+
+
+def test_accumulated_bias_of_experts(pair):
+    """Experts without biases write no MLP bias, so the sum is the attention biases'; experts with biases
+    write theirs weighted by the router, which no per-layer vector is: refused, naming the way out."""
+    name, _, model = pair
+    b_O = [block.attn.b_O for block in model.blocks if block.attn.b_O is not None]
+    attention = torch.stack(b_O).sum(0) if b_O else torch.zeros(model.cfg.d_model)
+    assert torch.equal(model.accumulated_bias(2, include_mlp_biases=False), attention)
+    if model.cfg.mlp_bias:
+        with pytest.raises(ValueError, match="include_mlp_biases=False"):
+            model.accumulated_bias(2)
+    else:
+        assert torch.equal(model.accumulated_bias(2), attention)
