@@ -353,3 +353,23 @@ def test_accumulated_bias_of_experts(pair):
             model.accumulated_bias(2)
     else:
         assert torch.equal(model.accumulated_bias(2), attention)
+
+
+def test_the_hook_names_of_a_mixture_of_experts_layer(tmp_path):
+    """The contract, written out (hooked/components/moe.py's docstring): a Qwen2-MoE layer with 2 experts."""
+    two = dict(num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, shared_expert_intermediate_size=40)
+    save_tiny(config("Qwen2MoeConfig", **TINY, num_key_value_heads=2, **two), tmp_path)
+    model = HookedTransformer.from_pretrained(tmp_path)
+    expert = ["hook_pre", "hook_pre_linear", "hook_post"]
+    expected = [
+        "hook_router_logits",
+        "hook_expert_weights",
+        "hook_expert_indices",
+        *[f"experts.{e}.{hook}" for e in range(2) for hook in expert],
+        "hook_expert_out",
+        *[f"shared_expert.{hook}" for hook in expert],
+        "hook_shared_gate",
+        "hook_shared_out",
+    ]
+    names = [name.removeprefix("blocks.0.mlp.") for name in model.hook_dict if name.startswith("blocks.0.mlp.")]
+    assert names == expected
