@@ -373,3 +373,16 @@ def test_the_hook_names_of_a_mixture_of_experts_layer(tmp_path):
     ]
     names = [name.removeprefix("blocks.0.mlp.") for name in model.hook_dict if name.startswith("blocks.0.mlp.")]
     assert names == expected
+
+
+def test_an_experts_output_gets_the_mlp_outputs_gradient(pair):
+    """hook_expert_out's terms sum to the MLP output, so each slot's gradient is the MLP output's."""
+    name, _, model = pair
+    tokens = torch.randint(0, V, (1, 6))
+    _, cache = model.run_with_cache(
+        tokens, return_type="loss", incl_bwd=True, names_filter=lambda n: n.startswith("blocks.1.")
+    )
+    slots = cache["blocks.1.mlp.hook_expert_out_grad"]
+    expected = cache["blocks.1.hook_mlp_out_grad"][:, :, None].expand_as(slots)
+    assert_close(slots, expected, "resid", label=name)
+    assert slots.abs().sum() > 0
