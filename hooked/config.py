@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu"]
+ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu", "quick_gelu"]
 AttnType = Literal["global", "local"]
 # Derived int fields, where TransformerLens wrote None (or -1) for "derive it"; here 0 means that.
 _DERIVED_INTS = (
@@ -107,7 +107,20 @@ class HookedTransformerConfig:
     qk_norm: Literal["shared", "per_head", "all_heads"] | None = None
     mlp_bias: bool = True
     num_experts: int = 0  # mixture of experts: gated MLP experts per layer (Mixtral); 0 means a dense MLP
-    experts_per_token: int = 0  # experts each token is routed to (their weights renormalized to sum to 1)
+    experts_per_token: int = 0  # experts each token is routed to
+    # The chosen experts' router probabilities are renormalized to sum to 1 (Mixtral, GPT-OSS, Granite MoE); False:
+    # they stay the softmax over all experts (Hugging Face's norm_topk_prob=False: Qwen MoE, OLMoE).
+    norm_topk_prob: bool = True
+    router_bias: bool = False  # the router's logits have a bias, b_router (GPT-OSS)
+    # Width of a shared expert every token goes through, its output scaled by sigmoid(x @ W_shared_gate)
+    # (Qwen2-MoE); 0 means none.
+    d_mlp_shared: int = 0
+    # A gated MLP's gate is clamped to at most this, its linear branch to [-limit, limit] and offset by one:
+    # post = act(min(pre, limit)) * (clamp(pre_linear) + 1) (GPT-OSS's experts). 0 means neither.
+    gated_mlp_limit: float = 0.0
+    # Each head has a learned logit `sinks` in its softmax's denominator, a key no query sees (GPT-OSS): pattern
+    # rows sum to less than one.
+    attn_sinks: bool = False
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre; both outputs are added to it (GPT-J)
     # Where a block's norms sit: "pre" normalizes each sublayer's input (ln1, ln2); "pre_and_post" also each
     # sublayer's output before it is added to the residual (ln1_post, ln2_post: Gemma 2/3); "post" only the
@@ -259,6 +272,15 @@ class HookedTransformerConfig:
             )
         if self.num_experts and not self.gated_mlp:
             raise ValueError("Experts are gated MLPs: num_experts > 0 needs gated_mlp=True.")
+        if (self.d_mlp_shared or self.router_bias) and not self.num_experts:
+            raise ValueError("d_mlp_shared and router_bias belong to a mixture of experts: they need num_experts > 0.")
+        if self.d_mlp_shared < 0 or self.gated_mlp_limit < 0:
+            raise ValueError(
+                f"d_mlp_shared and gated_mlp_limit must be positive (or 0 for none), got {self.d_mlp_shared} and "
+                f"{self.gated_mlp_limit}."
+            )
+        if self.gated_mlp_limit and not self.gated_mlp:
+            raise ValueError("gated_mlp_limit clamps a gated MLP's branches: it needs gated_mlp=True.")
         if self.qk_norm is not None and self.normalization_type not in ("LN", "RMS"):
             raise ValueError(
                 "qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS', "

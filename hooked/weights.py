@@ -156,7 +156,8 @@ class WeightsMixin:
         resid_pre). `layer` runs 0..n_layers (n_layers: the final residual, after every block). In
         blocks with post-norms (Gemma 2/3, OLMo 2) a bias reaches the residual through the norm, as a
         different vector at each position: this raw sum is not what they write (the "bias" entry of
-        `ActivationCache.get_full_resid_decomposition` is).
+        `ActivationCache.get_full_resid_decomposition` is). A mixture of experts whose experts have no biases
+        writes no MLP bias; one whose experts have biases (GPT-OSS) is refused with `include_mlp_biases`.
         """
         n_layers = self.cfg.n_layers
         if not 0 <= layer <= n_layers:
@@ -164,7 +165,13 @@ class WeightsMixin:
         if mlp_input and layer == n_layers:
             raise ValueError(f"mlp_input=True needs a block's MLP: layer must be below n_layers={n_layers}.")
         total = self.b_O[:layer].sum(0)
-        if include_mlp_biases and not self.cfg.attn_only:
+        if include_mlp_biases and self.cfg.num_experts and self.cfg.mlp_bias:
+            raise ValueError(
+                "This model's experts have output biases, which reach the residual weighted by the router, a "
+                "different vector at each token: there is no per-layer MLP bias to add. Use "
+                "include_mlp_biases=False, or the cache's stack_expert_results."
+            )
+        if include_mlp_biases and not self.cfg.attn_only and not self.cfg.num_experts:  # experts without biases
             total = total + self.b_out[:layer].sum(0)
         if mlp_input and not self.cfg.parallel_attn_mlp:
             total = total + self.b_O[layer]

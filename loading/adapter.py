@@ -36,6 +36,10 @@ class Adapter:
     # The config's `model_type` (transformers builds the model from it, not from the architecture name);
     # a config naming this architecture with another model_type is refused. Empty: not checked.
     model_type: str = ""
+    # Constants the reference multiplies a weight's output by (Granite's residual_multiplier), folded into the
+    # parameter at load: HF config -> {canonical name as in the weight table: factor}. A factor on a tied W_U
+    # unties it (the product is a copy).
+    multipliers: Callable[[dict[str, Any]], dict[str, float]] | None = None
 
 
 H_LAYERS = r"\.h\.(\d+)\."  # GPT-2-style checkpoints number their blocks `transformer.h.{i}`

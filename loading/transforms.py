@@ -115,3 +115,20 @@ class RowsFrom(Transform):
 
     def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
         return tensor[self.start :]
+
+
+class Pick(Transform):
+    """`tensor[index]` (a view), transposed with `transpose`: one expert's matrix out of a stacked
+    [n_experts, ...] tensor, `Pick("...experts.down_proj", (e,))`, or every other column of an interleaved
+    one, `Pick("...gate_up_proj", (e, slice(None), slice(0, None, 2)))`."""
+
+    def __init__(self, key: str, index: tuple, transpose: bool = False) -> None:
+        super().__init__(key)
+        self.index, self.transpose = index, transpose
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        out = tensor[self.index]
+        return out.T if self.transpose else out
+
+    def __repr__(self) -> str:
+        return f"Pick({self.key!r}, {self.index}, transpose={self.transpose})"

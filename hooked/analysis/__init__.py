@@ -4,6 +4,7 @@
 - `activation_cache`: `ActivationCache`, a run's activations with the methods below.
 - `cache_analysis`, `logit_analysis`, `frozen_norms`: residual-stream decompositions, direct logit
   attribution, the logit lens, and norms frozen at a run's scale so decompositions sum back.
+- `expert_analysis`: a mixture of experts' MLP output split by expert.
 - `patching`, `patch_setters`: activation patching sweeps (TransformerLens's `patching` module).
 - `attribution`: attribution patching (gradients times activation differences).
 - `linearize`: attention patterns and norm scales frozen, so gradients see the linear local model.

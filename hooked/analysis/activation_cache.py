@@ -1,9 +1,10 @@
 """ActivationCache: a transformer run's activations (see `CacheMapping`), with the analysis TransformerLens
-users call on them; each method delegates to `cache_analysis.py` or `logit_analysis.py`, which document it."""
+users call on them; each method delegates to `cache_analysis.py`, `expert_analysis.py` or `logit_analysis.py`,
+which document it."""
 
 from __future__ import annotations
 
-from hooked.analysis import cache_analysis, logit_analysis
+from hooked.analysis import cache_analysis, expert_analysis, logit_analysis
 from hooked.cache_mapping import CacheMapping
 
 
@@ -51,6 +52,12 @@ class ActivationCache(CacheMapping):
             self, layer, pos_slice, neuron_slice, return_labels, incl_remainder, apply_ln
         )
 
+    def get_expert_results(self, layer, pos_slice=None):
+        return expert_analysis.get_expert_results(self, layer, pos_slice)
+
+    def stack_expert_results(self, layer=None, pos_slice=None, return_labels=False, apply_ln=False):
+        return expert_analysis.stack_expert_results(self, layer, pos_slice, return_labels, apply_ln)
+
     def apply_ln_to_stack(self, stack, layer=None, mlp_input=False, pos_slice=None):
         return cache_analysis.apply_ln_to_stack(self, stack, layer, mlp_input, pos_slice)
 
@@ -77,6 +84,8 @@ for _method, _function in {
     "stack_activation": cache_analysis.stack_activation,
     "get_neuron_results": cache_analysis.get_neuron_results,
     "stack_neuron_results": cache_analysis.stack_neuron_results,
+    "get_expert_results": expert_analysis.get_expert_results,
+    "stack_expert_results": expert_analysis.stack_expert_results,
     "apply_ln_to_stack": cache_analysis.apply_ln_to_stack,
     "get_full_resid_decomposition": cache_analysis.get_full_resid_decomposition,
     "logit_attrs": logit_analysis.logit_attrs,

@@ -9,8 +9,8 @@ computed too. A hook that leaves its activation unchanged leaves the output bit-
 Options the config states as facts are small parts of `Attention`: query/key norms (`q_norm`,
 `k_norm`, applied after `hook_q`/`hook_k` and before rotary), clamping of q/k/v (`clip_qkv`), rotary
 pair layout. Variants that change the scores are subclasses, chosen once by `make_attention`:
-`SoftcapAttention` (Gemma 2) and `AlibiAttention` (BLOOM). SDPA cannot express either, so both
-always take the explicit path.
+`SoftcapAttention` (Gemma 2), `AlibiAttention` (BLOOM) and `SinkAttention` (GPT-OSS). SDPA cannot express
+them, so they always take the explicit path.
 """
 
 from __future__ import annotations
@@ -195,11 +195,14 @@ class Attention(nn.Module):
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = self.hook_attn_scores(self._scores(q, k).masked_fill(~mask, float("-inf")))
-        # Softmax in float32 as Hugging Face does: half-precision exponentials lose the small weights.
-        pattern = self.hook_pattern(
-            for_editing(self.hook_pattern, F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))
-        )
+        pattern = self.hook_pattern(for_editing(self.hook_pattern, self._softmax(scores).to(v.dtype)))
         return (pattern @ v).transpose(1, 2)
+
+    def _softmax(
+        self, scores: Float[Tensor, "batch n_heads query_pos key_pos"]
+    ) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        # In float32 as Hugging Face does: half-precision exponentials lose the small weights.
+        return F.softmax(scores, dim=-1, dtype=torch.float32)
 
     def _scores(
         self, q: Float[Tensor, "batch n_heads query_pos d_head"], k: Float[Tensor, "batch n_heads key_pos d_head"]
@@ -256,9 +259,29 @@ class AlibiAttention(Attention):
         return super()._scores(q, k) + bias
 
 
+class SinkAttention(Attention):
+    """Same as Attention except: each head's softmax has one more logit in its denominator, the learned
+    `sinks[head]` ([n_heads]), a key with no value that every query sees (GPT-OSS's attention sinks). The
+    pattern is the softmax without that column, so its rows sum to less than one. Always the explicit path."""
+
+    always_explicit = True
+
+    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> None:
+        super().__init__(cfg, attn_type, scale)
+        self.sinks = nn.Parameter(torch.zeros(cfg.n_heads))  # [n_heads]
+
+    def _softmax(self, scores: Tensor) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
+        sink = self.sinks.float()[None, :, None, None].expand(*scores.shape[:-1], 1)
+        return F.softmax(torch.cat([scores.float(), sink], dim=-1), dim=-1)[..., :-1]
+
+
 def make_attention(cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> Attention:
     """The attention variant the config describes, for a layer of `attn_type` whose scores are divided by
     `scale` (0: cfg.attn_scale)."""
+    if cfg.attn_sinks:
+        if cfg.attn_scores_soft_cap or cfg.positional_embedding_type == "alibi":
+            raise ValueError("Attention sinks with soft-capped scores or ALiBi are not implemented.")
+        return SinkAttention(cfg, attn_type, scale)
     if cfg.positional_embedding_type == "alibi":
         if cfg.attn_scores_soft_cap:
             raise ValueError("ALiBi attention with soft-capped scores is not implemented.")

@@ -30,6 +30,7 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
     "relu": F.relu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # Hugging Face's QuickGELUActivation (GPT-OSS's GLU)
 }
 
 
@@ -56,15 +57,17 @@ class MLP(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    # Same as MLP except: post = act(x W_gate) * (x W_in). (Also a mixture of experts' expert, on [tokens, d_model].)
-    def __init__(self, cfg: HookedTransformerConfig) -> None:
+    # Same as MLP except: post = act(x W_gate) * (x W_in). (Also a mixture of experts' expert, on [tokens, d_model],
+    # and its shared expert, `d_mlp` wide.)
+    def __init__(self, cfg: HookedTransformerConfig, d_mlp: int = 0) -> None:
         super().__init__()
+        d_mlp = d_mlp or cfg.d_mlp
         self.act = ACTIVATIONS[cfg.act_fn]
-        self.W_gate = in_weight(cfg.d_model, cfg.d_mlp)
-        self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
-        self.W_in = in_weight(cfg.d_model, cfg.d_mlp)
-        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
-        self.W_out = in_weight(cfg.d_mlp, cfg.d_model)
+        self.W_gate = in_weight(cfg.d_model, d_mlp)
+        self.b_gate = nn.Parameter(torch.zeros(d_mlp)) if cfg.mlp_bias else None
+        self.W_in = in_weight(cfg.d_model, d_mlp)
+        self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.mlp_bias else None
+        self.W_out = in_weight(d_mlp, cfg.d_model)
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.mlp_bias else None
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]  the gate branch, before the activation
         self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]  the linear branch
@@ -75,3 +78,23 @@ class GatedMLP(nn.Module):
         pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre) * pre_linear)
         return F.linear(post, self.W_out.T, self.b_out)
+
+
+class ClampedGatedMLP(GatedMLP):
+    # Same as GatedMLP except: post = act(min(pre, limit)) * (clamp(pre_linear, -limit, limit) + 1) (GPT-OSS's
+    # experts, with act quick_gelu). hook_pre and hook_pre_linear are before the clamps.
+    def __init__(self, cfg: HookedTransformerConfig, d_mlp: int = 0) -> None:
+        super().__init__(cfg, d_mlp)
+        self.limit = cfg.gated_mlp_limit
+
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
+        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
+        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+        linear = pre_linear.clamp(-self.limit, self.limit) + 1
+        post = self.hook_post(self.act(pre.clamp(max=self.limit)) * linear)
+        return F.linear(post, self.W_out.T, self.b_out)
+
+
+def make_gated_mlp(cfg: HookedTransformerConfig, d_mlp: int = 0) -> GatedMLP:
+    """The gated MLP the config describes, `d_mlp` wide (0: cfg.d_mlp)."""
+    return ClampedGatedMLP(cfg, d_mlp) if cfg.gated_mlp_limit else GatedMLP(cfg, d_mlp)
