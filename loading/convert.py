@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from typing import Any, TypeVar
 
@@ -129,27 +130,35 @@ def build(
     """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
     architecture, adapter = adapter_for(hf_config)
     cfg = model_config(hf_config, dtype, device, n_ctx, first_n_layers)
-    checkpoint = _with_prefix(checkpoint, adapter)
+    checkpoint = _with_prefix(_renamed(checkpoint, adapter), adapter)
+    _warn_left_out(checkpoint.names(), adapter, architecture)
     # The weight table and the model grow with the config's sizes; a config that asks for more than the
     # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
     _check_sizes(checkpoint, cfg, adapter, architecture)
+    weights = adapter.weights(cfg)
+    factors = adapter.multipliers(hf_config) if adapter.multipliers is not None else {}
+    factors = {name: factor for name, factor in factors.items() if name in weights and factor != 1.0}
     table = {
-        name.format(i=layer): t.format(layer)
-        for name, t in adapter.weights(cfg).items()
+        name.format(i=layer): (t.format(layer), factors.get(name))
+        for name, t in weights.items()
         for layer in (range(cfg.n_layers) if "{i}" in name else [0])
     }
-    _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
+    _check_tensor_names(checkpoint.names(), {n: t for n, (t, _) in table.items()}, adapter, cfg.n_layers)
+    if "unembed.W_U" in factors and cfg.tie_word_embeddings:
+        cfg = cfg.replace(tie_word_embeddings=False)  # the scaled W_U is a copy, no longer W_E's transpose
 
     with torch.device("meta"):
         model = cls(cfg)
-    remaining = Counter(t.key for t in table.values())
+    remaining = Counter(t.key for t, _ in table.values())
     loaded: dict[str, torch.Tensor] = {}
     # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
-    for name, transform in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
+    for name, (transform, factor) in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
         key = transform.key
         if key not in loaded:
             loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
         tensor = transform(loaded[key], cfg)
+        if factor is not None:
+            tensor = tensor * factor
         remaining[key] -= 1
         if not remaining[key]:
             del loaded[key]  # the parameters keep views of it; this is the loader's last reference
@@ -158,6 +167,35 @@ def build(
     if unset:
         raise CheckpointMismatchError(f"{architecture}: no checkpoint tensor produced {', '.join(unset)}.")
     return model
+
+
+def _renamed(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
+    """The checkpoint under the names the adapter's table uses (its `renames`); two names may not become one."""
+    if not adapter.renames:
+        return checkpoint
+    mapping: dict[str, str] = {}
+    for name in checkpoint.names():
+        new = adapter.renamed(name)
+        if new in mapping:
+            raise CheckpointMismatchError(
+                f"The checkpoint holds both {mapping[new]!r} and {name!r}, which are the same tensor {new!r} in "
+                "two layouts (transformers 4's and 5's); remove the stale one."
+            )
+        mapping[new] = name
+    return rename(checkpoint, mapping)
+
+
+def _warn_left_out(names: list[str], adapter: Adapter, architecture: str) -> None:
+    if adapter.left_out is None:
+        return
+    pattern, what = adapter.left_out
+    count = sum(1 for name in names if re.fullmatch(pattern, name))
+    if count:
+        warnings.warn(
+            f"{architecture}: loading the language model only; the {count} tensors of {what} are not loaded, so "
+            "the model takes text-only input.",
+            stacklevel=5,  # the caller of from_pretrained
+        )
 
 
 def _with_prefix(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
@@ -197,7 +235,8 @@ def _check_sizes(checkpoint: Checkpoint, cfg: HookedTransformerConfig, adapter: 
 def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:
     wanted = {t.key for t in table.values()}
     missing = sorted(wanted - set(names))
-    ignored = re.compile("|".join(f"(?:{p})" for p in adapter.ignored) or "(?!)")
+    patterns = adapter.ignored + ((adapter.left_out[0],) if adapter.left_out else ())
+    ignored = re.compile("|".join(f"(?:{p})" for p in patterns) or "(?!)")
 
     def dropped_layer(name: str) -> bool:  # layers beyond first_n_layers
         match = re.search(adapter.layer_index, name)

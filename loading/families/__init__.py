@@ -3,10 +3,12 @@
 from hooked.loading.families import (  # noqa: F401
     bloom,
     gemma,
+    gemma3_multimodal,
     gpt2,
     gpt_neo,
     gpt_neox,
     gptj,
+    granite,
     llama,
     mixtral,
     olmo,

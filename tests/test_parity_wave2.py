@@ -1,0 +1,207 @@
+"""Parity with Hugging Face for the second wave of dense families (issue #14), proven as the first wave is
+(test_parity_families.py, whose parity tests run here on these variants): logits, every residual and
+attention pattern, left-padded rows equal to the row alone, greedy generation equal to transformers', and
+the residual decomposition summing back to the stream."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_close, reference, rope_kwargs, save_tiny
+from test_parity_families import (  # noqa: F401  (collected here too, on this module's `pair`)
+    SMALL,
+    V,
+    config,
+    test_a_hook_on_every_point_takes_effect,
+    test_a_live_model_loads_like_its_checkpoint,
+    test_cached_decoding_matches_full_forward,
+    test_identity_hooks_everywhere_are_bit_identical,
+    test_logits_residuals_and_patterns_match,
+    test_loss_matches_reference,
+    test_unhooked_fast_path_matches_reference,
+)
+
+from hooked import HookedTransformer
+
+# Loading a multimodal wrapper warns that its vision tower is left out (checked on its own below).
+pytestmark = pytest.mark.filterwarnings("ignore:Gemma3ForConditionalGeneration. loading the language model only")
+
+
+def gemma3_multimodal(tied: bool = True):
+    text = config(
+        "Gemma3TextConfig",
+        **SMALL,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        tie_word_embeddings=tied,
+        **rope_kwargs(1000000.0, {"rope_type": "linear", "factor": 8.0}, local_theta=10000.0),
+    )
+    vision = config(
+        "SiglipVisionConfig",
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    special = dict(image_token_index=V - 1, boi_token_index=V - 3, eoi_token_index=V - 2, mm_tokens_per_image=4)
+    return config("Gemma3Config", text_config=text, vision_config=vision, tie_word_embeddings=tied, **special)
+
+
+GRANITE = dict(embedding_multiplier=6.0, attention_multiplier=0.2, residual_multiplier=0.3, logits_scaling=4.0)
+
+# name -> (HF config factory, hook names beyond the foundation families' that the variant must have)
+VARIANTS = {
+    "gemma3_multimodal": (gemma3_multimodal, ["blocks.0.attn.q_norm.hook_scale", "blocks.2.ln2_post.hook_scale"]),
+    "gemma3_multimodal-untied": (lambda: gemma3_multimodal(tied=False), []),
+    "granite-gqa-tied": (
+        lambda: config("GraniteConfig", **SMALL, num_key_value_heads=2, tie_word_embeddings=True, **GRANITE),
+        [],
+    ),
+    "granite-bias-untied": (
+        lambda: config("GraniteConfig", **SMALL, attention_bias=True, mlp_bias=True, **GRANITE),
+        [],
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def pair(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    hf = save_tiny(VARIANTS[request.param][0](), folder)
+    return request.param, hf, HookedTransformer.from_pretrained(folder)
+
+
+def test_family_hook_points_exist(pair):
+    name, _, model = pair
+    missing = [hook for hook in VARIANTS[name][1] if hook not in model.hook_dict]
+    assert not missing, f"{name} lacks hook points {missing}"
+
+
+def test_left_padded_rows_equal_the_row_alone(pair):
+    _, hf, model = pair
+    tokens = torch.randint(0, V, (2, 9))
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0
+    ref = reference(hf, tokens, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    with torch.no_grad():
+        logits = model(tokens, attention_mask=mask)
+        alone = model(tokens[0:1, 3:])
+    assert_close(logits[mask.bool()], ref.logits[mask.bool()], "logits")
+    assert_close(logits[0, 3:], alone[0], "logits", label="padded row against the row alone")
+
+
+def test_greedy_generation_equals_transformers(pair):
+    _, hf, model = pair
+    hf.generation_config.eos_token_id = None  # run the full length on both sides
+    hf.generation_config.pad_token_id = 0
+    prompt = torch.randint(0, V - 3, (2, 5))  # no image tokens
+    expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False)
+    got = model.generate(prompt, max_new_tokens=12, do_sample=False, stop_at_eos=False, verbose=False)
+    assert torch.equal(got, expected)
+
+
+def test_residual_decomposition_sums_back(pair):
+    """Every stream is the sum of its parts, and a layer's heads plus b_O are its attn_out: the residual
+    equation holds where the hooks sit (Granite's multipliers are inside attn_out and mlp_out)."""
+    name, _, model = pair
+    tokens = torch.randint(0, V, (2, 8))
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers + 1):
+        stack = cache.get_full_resid_decomposition(layer, expand_neurons=False)
+        expected = cache["resid_post", layer - 1] if layer else cache["blocks.0.hook_resid_pre"]
+        assert_close(stack.sum(0), expected, "resid", label=f"{name} stream {layer}")
+    for layer, block in enumerate(model.blocks):
+        assert_close(
+            cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer], "resid", label=name
+        )
+        if "ln1_post" in block._modules:  # a post-norm rescales the heads' sum
+            continue
+        heads = cache.stack_head_results(layer + 1)[layer * model.cfg.n_heads :].sum(0)
+        b_O = block.attn.b_O if block.attn.b_O is not None else 0.0
+        assert_close(heads + b_O, cache["attn_out", layer], "resid", label=f"{name} heads of {layer}")
+
+
+# ---- family specifics ------------------------------------------------------------------------------
+
+
+def test_a_multimodal_wrapper_says_it_leaves_the_vision_tower_out(tmp_path):
+    hf = save_tiny(gemma3_multimodal(), tmp_path)
+    with pytest.warns(UserWarning, match=r"language model only; the \d+ tensors of the vision tower"):
+        HookedTransformer.from_pretrained(tmp_path)
+    assert any(name.startswith("model.vision_tower.") for name in hf.state_dict())
+
+
+def test_both_wrapper_layouts_load_alike(tmp_path):
+    """Transformers 4 (and the released files) keep the language model under `language_model.model.*`,
+    transformers 5 under `model.language_model.*`: both give the same model."""
+    from safetensors.torch import load_file, save_file
+
+    hf = save_tiny(gemma3_multimodal(tied=False), tmp_path / "saved")
+    state = load_file(tmp_path / "saved" / "model.safetensors")
+    assert any(name.startswith("language_model.model.") for name in state)  # what transformers saves
+    five = {
+        name.replace("language_model.model.", "model.language_model.")
+        .replace("language_model.lm_head.", "lm_head.")
+        .replace("vision_tower.", "model.vision_tower.", 1)
+        .replace("multi_modal_projector.", "model.multi_modal_projector.", 1): tensor
+        for name, tensor in state.items()
+    }
+    (tmp_path / "five").mkdir()
+    save_file(five, tmp_path / "five" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "five" / "config.json").write_text((tmp_path / "saved" / "config.json").read_text())
+    tokens = torch.randint(0, V, (1, 7))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        for folder in ("saved", "five"):
+            assert_close(HookedTransformer.from_pretrained(tmp_path / folder)(tokens), expected, "logits", label=folder)
+
+
+def test_granite_multipliers_are_in_the_outputs_not_the_residual_equation(tmp_path):
+    """Independent of our loader: the HF model's own layer outputs, times residual_multiplier, are what
+    hook_attn_out shows."""
+    hf = save_tiny(config("GraniteConfig", **SMALL, **GRANITE), tmp_path)
+    model = HookedTransformer.from_pretrained(tmp_path)
+    tokens = torch.randint(0, V, (1, 6))
+    captured = {}
+    handle = hf.model.layers[1].self_attn.register_forward_hook(lambda m, i, out: captured.update(attn=out[0]))
+    try:
+        with torch.no_grad():
+            hf(tokens)
+            _, cache = model.run_with_cache(tokens)
+    finally:
+        handle.remove()
+    assert_close(cache["attn_out", 1], captured["attn"] * GRANITE["residual_multiplier"], "resid")
+    o_proj = hf.model.layers[1].self_attn.o_proj.weight
+    assert_close(model.W_O[1].flatten(0, 1), o_proj.T * GRANITE["residual_multiplier"], "resid")
+    assert not model.cfg.tie_word_embeddings  # logits_scaling makes W_U its own (scaled) copy
+
+
+CONFIG_REFUSED = {
+    "Gemma 3 wrapper with a final cap": (
+        lambda: gemma3_multimodal().to_dict() | {"architectures": ["Gemma3ForConditionalGeneration"]},
+        {"final_logit_softcapping": 30.0},
+        "final_logit_softcapping",
+    ),
+    "Gemma 3 wrapper tied one way, its text model the other": (
+        lambda: gemma3_multimodal().to_dict() | {"architectures": ["Gemma3ForConditionalGeneration"]},
+        {"tie_word_embeddings": False},
+        "tie_word_embeddings",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_REFUSED))
+def test_config_fields_that_change_numbers_are_refused(case):
+    from hooked.loading import UnsupportedConfigError, build
+
+    make, text_fields, message = CONFIG_REFUSED[case]
+    hf = make()
+    hf["text_config"] = {**hf["text_config"], **text_fields}
+    with pytest.raises(UnsupportedConfigError, match=message):
+        build(HookedTransformer, hf, checkpoint=None)
