@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import einops
+import torch
 from torch import Tensor
 
 from hooked.config import HookedTransformerConfig
@@ -115,3 +116,11 @@ class RowsFrom(Transform):
 
     def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
         return tensor[self.start :]
+
+
+class ZerosLike(Transform):
+    """Zeros shaped like the tensor: the bias of a LayerNorm that has none (Cohere's), read off its weight, for
+    the canonical LayerNorm's bias (adding zeros changes no number). A new tensor."""
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        return torch.zeros_like(tensor)

@@ -66,6 +66,88 @@ VARIANTS = {
         lambda: config("GraniteConfig", **SMALL, attention_bias=True, mlp_bias=True, **GRANITE),
         [],
     ),
+    "starcoder2-gqa-sliding": (
+        lambda: config("Starcoder2Config", **SMALL, num_key_value_heads=2, sliding_window=4, hidden_act="gelu"),
+        ["blocks.0.ln1.hook_scale"],
+    ),
+    "starcoder2-nobias-untied": (
+        lambda: config("Starcoder2Config", **SMALL, num_key_value_heads=4, use_bias=False, tie_word_embeddings=False),
+        [],
+    ),
+    "cohere-gqa": (
+        lambda: config("CohereConfig", **SMALL, num_key_value_heads=2, logit_scale=0.25),
+        [],
+    ),
+    "cohere-qknorm-bias-untied": (
+        lambda: config(
+            "CohereConfig",
+            **SMALL,
+            num_key_value_heads=2,
+            use_qk_norm=True,
+            attention_bias=True,
+            tie_word_embeddings=False,
+            **rope_kwargs(500.0),
+        ),
+        ["blocks.0.attn.q_norm.hook_scale", "blocks.1.attn.k_norm.hook_normalized"],
+    ),
+    "cohere2-local-nope-global": (
+        lambda: config(
+            "Cohere2Config",
+            **SMALL,
+            num_key_value_heads=2,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            logit_scale=0.5,
+        ),
+        ["blocks.0.attn.hook_rot_q"],
+    ),
+    "olmo3-local-global": (
+        lambda: config(
+            "Olmo3Config",
+            **SMALL,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            **rope_kwargs(500000.0, {"rope_type": "linear", "factor": 4.0}, local_theta=10000.0),
+        ),
+        ["blocks.0.attn.q_norm.hook_scale", "blocks.1.ln2_post.hook_scale"],
+    ),
+    "smollm3-nope": (
+        lambda: config("SmolLM3Config", **SMALL, num_key_value_heads=2, pad_token_id=0, no_rope_layer_interval=2),
+        ["blocks.0.attn.hook_rot_q", "blocks.2.attn.hook_rot_k"],
+    ),
+    "smollm3-sliding-nope-bias-untied": (
+        lambda: config(
+            "SmolLM3Config",
+            **SMALL,
+            num_key_value_heads=4,
+            pad_token_id=0,
+            no_rope_layers=[0, 1, 0],
+            use_sliding_window=True,
+            sliding_window=4,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+        ),
+        ["blocks.1.attn.hook_rot_q"],
+    ),
+    "glm-gqa": (
+        lambda: config("GlmConfig", **SMALL, num_key_value_heads=2, head_dim=16, pad_token_id=0),
+        [],
+    ),
+    "glm4-partial-tied": (
+        lambda: config(
+            "Glm4Config",
+            **SMALL,
+            num_key_value_heads=1,
+            head_dim=24,
+            pad_token_id=0,
+            tie_word_embeddings=True,
+            **rope_kwargs(10000.0, partial=0.75),
+        ),
+        ["blocks.0.ln1_post.hook_scale", "blocks.2.ln2_post.hook_normalized"],
+    ),
 }
 
 
@@ -117,9 +199,11 @@ def test_residual_decomposition_sums_back(pair):
         expected = cache["resid_post", layer - 1] if layer else cache["blocks.0.hook_resid_pre"]
         assert_close(stack.sum(0), expected, "resid", label=f"{name} stream {layer}")
     for layer, block in enumerate(model.blocks):
-        assert_close(
-            cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer], "resid", label=name
-        )
+        parallel = model.cfg.parallel_attn_mlp  # no resid_mid: both sublayers read resid_pre
+        before_mlp = cache["resid_pre", layer] + cache["attn_out", layer]
+        if not parallel:
+            assert_close(before_mlp, cache["resid_mid", layer], "resid", label=name)
+        assert_close(before_mlp + cache["mlp_out", layer], cache["resid_post", layer], "resid", label=name)
         if "ln1_post" in block._modules:  # a post-norm rescales the heads' sum
             continue
         heads = cache.stack_head_results(layer + 1)[layer * model.cfg.n_heads :].sum(0)

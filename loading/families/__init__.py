@@ -2,8 +2,10 @@
 
 from hooked.loading.families import (  # noqa: F401
     bloom,
+    cohere,
     gemma,
     gemma3_multimodal,
+    glm,
     gpt2,
     gpt_neo,
     gpt_neox,
@@ -16,5 +18,7 @@ from hooked.loading.families import (  # noqa: F401
     phi,
     phi3,
     qwen3,
+    smollm3,
     stablelm,
+    starcoder2,
 )
