@@ -25,7 +25,8 @@ class UnsupportedConfigError(ValueError):
 @dataclass(frozen=True)
 class Adapter:
     config: Callable[[dict[str, Any]], dict[str, Any]]  # HF config dict -> HookedTransformerConfig kwargs
-    weights: Callable[[HookedTransformerConfig], WeightTable]
+    # Our config -> the weight table; with weights_read_hf, (our config, HF config dict) -> the table.
+    weights: Callable[[HookedTransformerConfig], WeightTable] | Callable[[HookedTransformerConfig, dict], WeightTable]
     ignored: tuple[str, ...] = ()  # regexes of checkpoint tensors that hold no weights (old buffers)
     prefix: str = ""  # prefix of the base model's tensors, added when a checkpoint omits it
     # Tensors outside the base model (the LM head), which never carry `prefix`.
@@ -47,6 +48,9 @@ class Adapter:
     # parameter at load: HF config -> {canonical name as in the weight table: factor}. A factor on a tied W_U
     # unties it (the product is a copy).
     multipliers: Callable[[dict[str, Any]], dict[str, float]] | None = None
+    # `weights` is called as weights(cfg, hf): tensor names depend on an HF field that our config has no use
+    # for (Falcon's norm names).
+    weights_read_hf: bool = False
 
     def renamed(self, name: str) -> str:
         """`name` as the weight table knows it (see `renames`)."""

@@ -135,7 +135,7 @@ def build(
     # The weight table and the model grow with the config's sizes; a config that asks for more than the
     # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
     _check_sizes(checkpoint, cfg, adapter, architecture)
-    weights = adapter.weights(cfg)
+    weights = adapter.weights(cfg, hf_config) if adapter.weights_read_hf else adapter.weights(cfg)
     factors = adapter.multipliers(hf_config) if adapter.multipliers is not None else {}
     factors = {name: factor for name, factor in factors.items() if name in weights and factor != 1.0}
     table = {

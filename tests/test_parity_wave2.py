@@ -54,6 +54,15 @@ def gemma3_multimodal(tied: bool = True):
 
 GRANITE = dict(embedding_multiplier=6.0, attention_multiplier=0.2, residual_multiplier=0.3, logits_scaling=4.0)
 
+FALCON = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    ffn_hidden_size=96,
+    vocab_size=V,
+    max_position_embeddings=64,
+)
+
 # name -> (HF config factory, hook names beyond the foundation families' that the variant must have)
 VARIANTS = {
     "gemma3_multimodal": (gemma3_multimodal, ["blocks.0.attn.q_norm.hook_scale", "blocks.2.ln2_post.hook_scale"]),
@@ -131,6 +140,49 @@ VARIANTS = {
             tie_word_embeddings=False,
         ),
         ["blocks.1.attn.hook_rot_q"],
+    ),
+    "gpt_bigcode-mqa": (
+        lambda: config("GPTBigCodeConfig", n_embd=64, n_layer=3, n_head=4, n_inner=96, vocab_size=V, n_positions=64),
+        ["hook_pos_embed"],
+    ),
+    "gpt_bigcode-mha-unscaled-untied": (
+        lambda: config(
+            "GPTBigCodeConfig",
+            n_embd=48,
+            n_layer=2,
+            n_head=3,
+            vocab_size=V,
+            n_positions=64,
+            multi_query=False,
+            scale_attn_weights=False,
+            activation_function="gelu",
+            tie_word_embeddings=False,
+        ),
+        [],
+    ),
+    "falcon-mqa-parallel": (
+        lambda: config("FalconConfig", **FALCON),  # Falcon-7B's layout
+        [],
+    ),
+    "falcon-mha-sequential-bias": (
+        lambda: config("FalconConfig", **FALCON, multi_query=False, parallel_attn=False, bias=True),
+        ["blocks.0.hook_resid_mid"],
+    ),
+    "falcon-new-gqa-two-norms": (
+        lambda: config("FalconConfig", **FALCON, new_decoder_architecture=True, num_kv_heads=2, bias=True),
+        [],
+    ),
+    "falcon-new-mqa-one-norm-untied": (
+        lambda: config(
+            "FalconConfig",
+            **FALCON,
+            new_decoder_architecture=True,
+            num_kv_heads=1,
+            num_ln_in_parallel_attn=1,
+            tie_word_embeddings=False,
+            **rope_kwargs(500.0),
+        ),
+        [],
     ),
     "glm-gqa": (
         lambda: config("GlmConfig", **SMALL, num_key_value_heads=2, head_dim=16, pad_token_id=0),

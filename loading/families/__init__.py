@@ -3,10 +3,12 @@
 from hooked.loading.families import (  # noqa: F401
     bloom,
     cohere,
+    falcon,
     gemma,
     gemma3_multimodal,
     glm,
     gpt2,
+    gpt_bigcode,
     gpt_neo,
     gpt_neox,
     gptj,
