@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu"]
+ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu", "xielu"]
 AttnType = Literal["global", "local"]
 # Derived int fields, where TransformerLens wrote None (or -1) for "derive it"; here 0 means that.
 _DERIVED_INTS = (
@@ -269,6 +269,8 @@ class HookedTransformerConfig:
                 f"A mixture of experts needs 0 < experts_per_token <= num_experts, got experts_per_token="
                 f"{self.experts_per_token} and num_experts={self.num_experts} (both 0 for a dense MLP)."
             )
+        if self.act_fn == "xielu" and self.gated_mlp:
+            raise ValueError("act_fn='xielu' (whose parameters are the MLP's own) needs a plain MLP: gated_mlp=False.")
         if self.num_experts and not self.gated_mlp:
             raise ValueError("Experts are gated MLPs: num_experts > 0 needs gated_mlp=True.")
         if self.qk_norm is not None and self.normalization_type not in ("LN", "RMS"):

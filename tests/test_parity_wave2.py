@@ -184,6 +184,28 @@ VARIANTS = {
         ),
         [],
     ),
+    "apertus-gqa": (
+        lambda: config(
+            "ApertusConfig",
+            **SMALL,
+            num_key_value_heads=2,
+            **rope_kwargs(
+                10000.0,
+                {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+            ),
+        ),
+        ["blocks.0.attn.q_norm.hook_scale", "blocks.0.mlp.hook_post"],
+    ),
+    "apertus-relu-bias-tied": (
+        lambda: config("ApertusConfig", **SMALL, hidden_act="relu", attention_bias=True, tie_word_embeddings=True),
+        [],
+    ),
     "glm-gqa": (
         lambda: config("GlmConfig", **SMALL, num_key_value_heads=2, head_dim=16, pad_token_id=0),
         [],

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hooked.components.attention import RotaryTables, make_attention
 from hooked.components.kv_cache import LayerKV
-from hooked.components.mlp import MLP, GatedMLP
+from hooked.components.mlp import MLP, XIELUMLP, GatedMLP
 from hooked.components.moe import MoE
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
@@ -207,7 +207,9 @@ class AttnOnlyBlock(Block):
 def make_mlp(cfg: HookedTransformerConfig) -> nn.Module:
     if cfg.num_experts:
         return MoE(cfg)
-    return GatedMLP(cfg) if cfg.gated_mlp else MLP(cfg)
+    if cfg.gated_mlp:
+        return GatedMLP(cfg)
+    return XIELUMLP(cfg) if cfg.act_fn == "xielu" else MLP(cfg)
 
 
 def make_block(cfg: HookedTransformerConfig, layer: int) -> Block:

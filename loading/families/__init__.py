@@ -1,6 +1,7 @@
 """Family adapters; importing this package registers them all."""
 
 from hooked.loading.families import (  # noqa: F401
+    apertus,
     bloom,
     cohere,
     falcon,
