@@ -5,6 +5,8 @@ the residual decomposition summing back to the stream."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import assert_close, reference, rope_kwargs, save_tiny
@@ -22,6 +24,7 @@ from test_parity_families import (  # noqa: F401  (collected here too, on this m
 )
 
 from hooked import HookedTransformer
+from hooked.loading import CheckpointMismatchError
 
 # Loading a multimodal wrapper warns that its vision tower is left out (checked on its own below).
 pytestmark = pytest.mark.filterwarnings("ignore:Gemma3ForConditionalGeneration. loading the language model only")
@@ -318,12 +321,18 @@ def test_both_wrapper_layouts_load_alike(tmp_path):
         expected = hf(tokens).logits
         for folder in ("saved", "five"):
             assert_close(HookedTransformer.from_pretrained(tmp_path / folder)(tokens), expected, "logits", label=folder)
+    # The layer count is the text model's, checked against its tensors only (not the vision encoder's layers).
+    crafted = json.loads((tmp_path / "five" / "config.json").read_text())
+    crafted["text_config"]["num_hidden_layers"] = 4
+    (tmp_path / "five" / "config.json").write_text(json.dumps(crafted))
+    with pytest.raises(CheckpointMismatchError, match=r"text_config\.num_hidden_layers"):
+        HookedTransformer.from_pretrained(tmp_path / "five")
 
 
 def test_granite_multipliers_are_in_the_outputs_not_the_residual_equation(tmp_path):
     """Independent of our loader: the HF model's own layer outputs, times residual_multiplier, are what
     hook_attn_out shows."""
-    hf = save_tiny(config("GraniteConfig", **SMALL, **GRANITE), tmp_path)
+    hf = save_tiny(config("GraniteConfig", **SMALL, **GRANITE, tie_word_embeddings=True), tmp_path)
     model = HookedTransformer.from_pretrained(tmp_path)
     tokens = torch.randint(0, V, (1, 6))
     captured = {}
@@ -337,19 +346,30 @@ def test_granite_multipliers_are_in_the_outputs_not_the_residual_equation(tmp_pa
     assert_close(cache["attn_out", 1], captured["attn"] * GRANITE["residual_multiplier"], "resid")
     o_proj = hf.model.layers[1].self_attn.o_proj.weight
     assert_close(model.W_O[1].flatten(0, 1), o_proj.T * GRANITE["residual_multiplier"], "resid")
-    assert not model.cfg.tie_word_embeddings  # logits_scaling makes W_U its own (scaled) copy
+    # logits_scaling makes the tied W_U its own (scaled) copy
+    assert not model.cfg.tie_word_embeddings
+    assert_close(model.W_U, hf.model.embed_tokens.weight.T / GRANITE["logits_scaling"], "resid")
+
+
+def wrapper_with(**text_fields) -> dict:
+    hf = gemma3_multimodal().to_dict() | {"architectures": ["Gemma3ForConditionalGeneration"]}
+    return hf | {"text_config": {**hf["text_config"], **text_fields}}
+
+
+def falcon_with(**fields) -> dict:
+    return config("FalconConfig", **FALCON, **fields, architectures=["FalconForCausalLM"]).to_dict()
 
 
 CONFIG_REFUSED = {
-    "Gemma 3 wrapper with a final cap": (
-        lambda: gemma3_multimodal().to_dict() | {"architectures": ["Gemma3ForConditionalGeneration"]},
-        {"final_logit_softcapping": 30.0},
-        "final_logit_softcapping",
-    ),
+    "Gemma 3 wrapper with a final cap": (lambda: wrapper_with(final_logit_softcapping=30.0), "final_logit_softcapping"),
     "Gemma 3 wrapper tied one way, its text model the other": (
-        lambda: gemma3_multimodal().to_dict() | {"architectures": ["Gemma3ForConditionalGeneration"]},
-        {"tie_word_embeddings": False},
+        lambda: wrapper_with(tie_word_embeddings=False),
         "tie_word_embeddings",
+    ),
+    "Falcon-RW's ALiBi": (lambda: falcon_with(alibi=True), "alibi=True"),
+    "Falcon's new layout in sequence": (
+        lambda: falcon_with(new_decoder_architecture=True, parallel_attn=False),
+        "parallel_attn=False",
     ),
 }
 
@@ -358,8 +378,18 @@ CONFIG_REFUSED = {
 def test_config_fields_that_change_numbers_are_refused(case):
     from hooked.loading import UnsupportedConfigError, build
 
-    make, text_fields, message = CONFIG_REFUSED[case]
-    hf = make()
-    hf["text_config"] = {**hf["text_config"], **text_fields}
+    make, message = CONFIG_REFUSED[case]
     with pytest.raises(UnsupportedConfigError, match=message):
-        build(HookedTransformer, hf, checkpoint=None)
+        build(HookedTransformer, make(), checkpoint=None)
+
+
+def test_nope_layers_are_validated_and_round_trip():
+    from hooked import HookedTransformerConfig
+
+    base = dict(d_model=32, n_layers=3, n_heads=4, d_vocab=50, n_ctx=16, positional_embedding_type="rotary")
+    cfg = HookedTransformerConfig(**base, nope_layers=[1])
+    assert cfg.nope_layers == (1,) and [cfg.layer_rotates(i) for i in range(3)] == [True, False, True]
+    assert HookedTransformerConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (dict(nope_layers=(3,)), dict(nope_layers=(0,), positional_embedding_type="standard")):
+        with pytest.raises(ValueError, match="nope_layers"):
+            HookedTransformerConfig(**{**base, **bad})

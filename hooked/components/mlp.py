@@ -66,8 +66,8 @@ def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor
 
 class XIELUMLP(MLP):
     # Same as MLP except: the activation is xIELU, with the layer's own four numbers (alpha_p, alpha_n learned;
-    # beta, eps fixed in training but stored in the checkpoint). A random model starts them at 0 (like any
-    # matrix here, from init_weights); loaded ones are the checkpoint's.
+    # beta, eps fixed in training but stored in the checkpoint). A random model draws them as it draws its
+    # matrices (init_weights); a loaded one has the checkpoint's.
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__(cfg)
         for name in ("xielu_alpha_p", "xielu_alpha_n", "xielu_beta", "xielu_eps"):
