@@ -9,9 +9,8 @@ computed too. A hook that leaves its activation unchanged leaves the output bit-
 Options the config states as facts are small parts of `Attention`: query/key norms (`q_norm`,
 `k_norm`, applied after `hook_q`/`hook_k` and before rotary), clamping of q/k/v (`clip_qkv`), rotary
 pair layout, no rotary at all on a rotary model's NoPE layers (`rotates=False`). Variants that change the
-scores are subclasses, chosen once by `make_attention`:
-`SoftcapAttention` (Gemma 2) and `AlibiAttention` (BLOOM). SDPA cannot express either, so both
-always take the explicit path.
+scores are subclasses, chosen once by `make_attention`: `SoftcapAttention` (Gemma 2) and
+`AlibiAttention` (BLOOM). SDPA cannot express either, so both always take the explicit path.
 """
 
 from __future__ import annotations
