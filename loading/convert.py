@@ -60,9 +60,10 @@ def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
             hf_config.get("text_config", {}).get("model_type")
         ]
         raise UnsupportedArchitectureError(
-            f"{architecture} is a multimodal wrapper (its text model: {text[0]!r}); only text models load. Load the "
-            "language model on its own: save it with transformers (model.language_model) and load that folder, "
-            "or pass hf_model= a causal LM of a supported family."
+            f"{architecture} is a multimodal wrapper (its text model: {text[0]!r}); only text models load, and of the "
+            f"wrappers only {', '.join(sorted(a for a in ADAPTERS if a.endswith('ForConditionalGeneration')))} "
+            "(as its language model). Load the language model on its own: save it with transformers "
+            "(model.language_model) and load that folder, or pass hf_model= a causal LM of a supported family."
         )
     if architecture not in ADAPTERS:
         raise UnsupportedArchitectureError(
