@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu", "quick_gelu"]
+ActFn = Literal["gelu_new", "gelu", "gelu_pytorch_tanh", "gelu_fast", "silu", "relu", "quick_gelu", "xielu"]
 AttnType = Literal["global", "local"]
 # Derived int fields, where TransformerLens wrote None (or -1) for "derive it"; here 0 means that.
 _DERIVED_INTS = (
@@ -94,6 +94,9 @@ class HookedTransformerConfig:
     rope_scaling: RopeScaling | None = None
     rotary_adjacent_pairs: bool = False  # rotate pairs (2i, 2i+1) (GPT-J) instead of (i, i + rotary_dim/2)
     rotary_base_local: float = 0.0  # rotary base of "local" layers (Gemma 3), without rope_scaling; 0: rotary_base
+    # Layers of a rotary model whose attention has no positional encoding at all (NoPE: SmolLM3, Cohere 2's global
+    # layers): no rotation, and no hook_rot_q / hook_rot_k.
+    nope_layers: tuple[int, ...] = ()
     attn_scale: float = 0.0  # attention scores are divided by this; 0 means sqrt(d_head)
     # Layer i's scores are also divided by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx, Stanford CRFM's GPT-2s).
     scale_attn_by_inverse_layer_idx: bool = False
@@ -190,6 +193,8 @@ class HookedTransformerConfig:
             object.__setattr__(self, "attn_scale", math.sqrt(self.d_head))
         if isinstance(self.attn_types, list):  # same values, made hashable like the rest of the config
             object.__setattr__(self, "attn_types", tuple(self.attn_types))
+        if not isinstance(self.nope_layers, tuple):
+            object.__setattr__(self, "nope_layers", tuple(self.nope_layers or ()))
         self._validate()
         object.__setattr__(self, "_built", True)
 
@@ -260,6 +265,13 @@ class HookedTransformerConfig:
                 )
             if "local" in self.attn_types and self.sliding_window is None:
                 raise ValueError("attn_types has 'local' layers but sliding_window is not set.")
+        if self.nope_layers and (
+            self.positional_embedding_type != "rotary" or not set(self.nope_layers) <= set(range(self.n_layers))
+        ):
+            raise ValueError(
+                f"nope_layers lists layers of a rotary model that do not rotate; got {self.nope_layers!r} for a "
+                f"{self.positional_embedding_type!r} model of {self.n_layers} layers."
+            )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"sliding_window must be positive, got {self.sliding_window}.")
         for name in ("attn_scores_soft_cap", "output_logits_soft_cap", "clip_qkv"):
@@ -270,6 +282,8 @@ class HookedTransformerConfig:
                 f"A mixture of experts needs 0 < experts_per_token <= num_experts, got experts_per_token="
                 f"{self.experts_per_token} and num_experts={self.num_experts} (both 0 for a dense MLP)."
             )
+        if self.act_fn == "xielu" and self.gated_mlp:
+            raise ValueError("act_fn='xielu' (whose parameters are the MLP's own) needs a plain MLP: gated_mlp=False.")
         if self.num_experts and not self.gated_mlp:
             raise ValueError("Experts are gated MLPs: num_experts > 0 needs gated_mlp=True.")
         if (self.d_mlp_shared or self.router_bias) and not self.num_experts:
@@ -294,6 +308,10 @@ class HookedTransformerConfig:
         if self.attn_types is not None:
             return self.attn_types[layer]
         return "local" if self.sliding_window is not None else "global"
+
+    def layer_rotates(self, layer: int) -> bool:
+        """Whether `layer`'s attention applies rotary positions (a rotary model's layer not in nope_layers)."""
+        return self.positional_embedding_type == "rotary" and layer not in self.nope_layers
 
     def layer_attn_scale(self, layer: int) -> float:
         """What `layer`'s attention scores are divided by."""

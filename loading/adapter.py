@@ -7,6 +7,7 @@ The registry is keyed by the checkpoint's `architectures[0]`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ class UnsupportedConfigError(ValueError):
 @dataclass(frozen=True)
 class Adapter:
     config: Callable[[dict[str, Any]], dict[str, Any]]  # HF config dict -> HookedTransformerConfig kwargs
-    weights: Callable[[HookedTransformerConfig], WeightTable]
+    # Our config -> the weight table; with weights_read_hf, (our config, HF config dict) -> the table.
+    weights: Callable[[HookedTransformerConfig], WeightTable] | Callable[[HookedTransformerConfig, dict], WeightTable]
     ignored: tuple[str, ...] = ()  # regexes of checkpoint tensors that hold no weights (old buffers)
     prefix: str = ""  # prefix of the base model's tensors, added when a checkpoint omits it
     # Tensors outside the base model (the LM head), which never carry `prefix`.
@@ -36,10 +38,27 @@ class Adapter:
     # The config's `model_type` (transformers builds the model from it, not from the architecture name);
     # a config naming this architecture with another model_type is refused. Empty: not checked.
     model_type: str = ""
+    # Checkpoint tensor names rewritten before the table applies, (regex, replacement) pairs, the first that
+    # matches: a multimodal wrapper's language model read under the text model's own names.
+    renames: tuple[tuple[str, str], ...] = ()
+    # (regex, what they are) of tensors of parts the model leaves out (a vision tower): not loaded, and said so
+    # with a warning naming them.
+    left_out: tuple[str, str] | None = None
     # Constants the reference multiplies a weight's output by (Granite's residual_multiplier), folded into the
     # parameter at load: HF config -> {canonical name as in the weight table: factor}. A factor on a tied W_U
     # unties it (the product is a copy).
     multipliers: Callable[[dict[str, Any]], dict[str, float]] | None = None
+    # `weights` is called as weights(cfg, hf): tensor names depend on an HF field that our config has no use
+    # for (Falcon's norm names).
+    weights_read_hf: bool = False
+
+    def renamed(self, name: str) -> str:
+        """`name` as the weight table knows it (see `renames`)."""
+        for pattern, replacement in self.renames:
+            new, count = re.subn(pattern, replacement, name, count=1)
+            if count:
+                return new
+        return name
 
 
 H_LAYERS = r"\.h\.(\d+)\."  # GPT-2-style checkpoints number their blocks `transformer.h.{i}`

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from typing import Any, TypeVar
 
@@ -84,9 +85,10 @@ def adapter_for(hf_config: dict[str, Any]) -> tuple[str, Adapter]:
             hf_config.get("text_config", {}).get("model_type")
         ]
         raise UnsupportedArchitectureError(
-            f"{architecture} is a multimodal wrapper (its text model: {text[0]!r}); only text models load. Load the "
-            "language model on its own: save it with transformers (model.language_model) and load that folder, "
-            "or pass hf_model= a causal LM of a supported family."
+            f"{architecture} is a multimodal wrapper (its text model: {text[0]!r}); only text models load, and of the "
+            f"wrappers only {', '.join(sorted(a for a in ADAPTERS if a.endswith('ForConditionalGeneration')))} "
+            "(as its language model). Load the language model on its own: save it with transformers "
+            "(model.language_model) and load that folder, or pass hf_model= a causal LM of a supported family."
         )
     if architecture not in ADAPTERS:
         raise UnsupportedArchitectureError(
@@ -154,11 +156,12 @@ def build(
     """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
     architecture, adapter = adapter_for(hf_config)
     cfg = model_config(hf_config, dtype, device, n_ctx, first_n_layers)
-    checkpoint = _with_prefix(checkpoint, adapter)
+    checkpoint = _with_prefix(_renamed(checkpoint, adapter), adapter)
+    _warn_left_out(checkpoint.names(), adapter, architecture)
     # The weight table and the model grow with the config's sizes; a config that asks for more than the
     # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
     _check_sizes(checkpoint, cfg, adapter, architecture)
-    weights = adapter.weights(cfg)
+    weights = adapter.weights(cfg, hf_config) if adapter.weights_read_hf else adapter.weights(cfg)
     factors = adapter.multipliers(hf_config) if adapter.multipliers is not None else {}
     factors = {name: factor for name, factor in factors.items() if name in weights and factor != 1.0}
     table = {
@@ -190,6 +193,35 @@ def build(
     if unset:
         raise CheckpointMismatchError(f"{architecture}: no checkpoint tensor produced {', '.join(unset)}.")
     return model
+
+
+def _renamed(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
+    """The checkpoint under the names the adapter's table uses (its `renames`); two names may not become one."""
+    if not adapter.renames:
+        return checkpoint
+    mapping: dict[str, str] = {}
+    for name in checkpoint.names():
+        new = adapter.renamed(name)
+        if new in mapping:
+            raise CheckpointMismatchError(
+                f"The checkpoint holds both {mapping[new]!r} and {name!r}, which are the same tensor {new!r} in "
+                "two layouts (transformers 4's and 5's); remove the stale one."
+            )
+        mapping[new] = name
+    return rename(checkpoint, mapping)
+
+
+def _warn_left_out(names: list[str], adapter: Adapter, architecture: str) -> None:
+    if adapter.left_out is None:
+        return
+    pattern, what = adapter.left_out
+    count = sum(1 for name in names if re.fullmatch(pattern, name))
+    if count:
+        warnings.warn(
+            f"{architecture}: loading the language model only; the {count} tensors of {what} are not loaded, so "
+            "the model takes text-only input.",
+            stacklevel=5,  # the caller of from_pretrained
+        )
 
 
 def _with_prefix(checkpoint: Checkpoint, adapter: Adapter) -> Checkpoint:
@@ -229,7 +261,8 @@ def _check_sizes(checkpoint: Checkpoint, cfg: HookedTransformerConfig, adapter: 
 def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:
     wanted = {t.key for t in table.values()}
     missing = sorted(wanted - set(names))
-    ignored = re.compile("|".join(f"(?:{p})" for p in adapter.ignored) or "(?!)")
+    patterns = adapter.ignored + ((adapter.left_out[0],) if adapter.left_out else ())
+    ignored = re.compile("|".join(f"(?:{p})" for p in patterns) or "(?!)")
 
     def dropped_layer(name: str) -> bool:  # layers beyond first_n_layers
         match = re.search(adapter.layer_index, name)

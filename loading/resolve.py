@@ -99,9 +99,12 @@ def read_config(folder: Path, trust_remote_code: bool = False, tensor_names: lis
     content = raw_config(folder)
     path = folder / "config.json"
     _, adapter = adapter_for(content)
-    for field in LAYER_COUNT_FIELDS:
-        if tensor_names is not None and isinstance(content.get(field), int):
-            check_layer_count(content[field], tensor_names, adapter, f"{path}'s {field}")
+    names = None if tensor_names is None else [adapter.renamed(name) for name in tensor_names]
+    text = content.get("text_config")  # a multimodal wrapper's language model
+    for where, fields in (("", content), ("text_config.", text if isinstance(text, dict) else {})):
+        for field in LAYER_COUNT_FIELDS:
+            if names is not None and isinstance(fields.get(field), int):
+                check_layer_count(fields[field], names, adapter, f"{path}'s {where}{field}")
     from transformers import AutoConfig  # fills in the family's defaults for fields the file omits
 
     with _remote_code_refused(path):

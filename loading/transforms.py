@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import einops
+import torch
 from torch import Tensor
 
 from hooked.config import HookedTransformerConfig
@@ -132,3 +133,35 @@ class Pick(Transform):
 
     def __repr__(self) -> str:
         return f"Pick({self.key!r}, {self.index}, transpose={self.transpose})"
+
+
+class ZerosLike(Transform):
+    """Zeros shaped like the tensor: the bias of a LayerNorm that has none (Cohere's), read off its weight, for
+    the canonical LayerNorm's bias (adding zeros changes no number). A new tensor."""
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        return torch.zeros_like(tensor)
+
+
+class GroupedQKV(Transform):
+    """Part `part` (0 queries, 1 keys, 2 values) of a fused projection laid out per key/value group as the
+    group's query heads, then its key head, then its value head (Falcon's new decoder architecture):
+    [n_heads, d_in, d_head] for the queries (head g * n_key_value_groups + j is group g's j-th), else
+    [n_key_value_heads, d_in, d_head]; biases without d_in. Copied into the fused layout attention uses."""
+
+    def __init__(self, key: str, part: int) -> None:
+        super().__init__(key)
+        self.part = part
+
+    def __call__(self, tensor: Tensor, cfg: HookedTransformerConfig) -> Tensor:
+        groups = cfg.n_key_value_groups
+        if tensor.ndim == 1:
+            parts = einops.rearrange(tensor, "(k s h) -> k s h", k=cfg.n_key_value_heads, s=groups + 2)
+            picked = parts[:, :groups].flatten(0, 1) if self.part == 0 else parts[:, groups + self.part - 1]
+            return picked.contiguous()
+        parts = einops.rearrange(tensor, "(k s h) m -> k s m h", k=cfg.n_key_value_heads, s=groups + 2)
+        picked = parts[:, :groups].flatten(0, 1) if self.part == 0 else parts[:, groups + self.part - 1]
+        return picked.transpose(1, 2).contiguous().transpose(1, 2)  # [n, m, h] stored as the fused [n, h, m]
+
+    def __repr__(self) -> str:
+        return f"GroupedQKV({self.key!r}, {self.part})"

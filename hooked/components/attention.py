@@ -8,9 +8,9 @@ computed too. A hook that leaves its activation unchanged leaves the output bit-
 
 Options the config states as facts are small parts of `Attention`: query/key norms (`q_norm`,
 `k_norm`, applied after `hook_q`/`hook_k` and before rotary), clamping of q/k/v (`clip_qkv`), rotary
-pair layout. Variants that change the scores are subclasses, chosen once by `make_attention`:
-`SoftcapAttention` (Gemma 2), `AlibiAttention` (BLOOM) and `SinkAttention` (GPT-OSS). SDPA cannot express
-them, so they always take the explicit path.
+pair layout, no rotary at all on a rotary model's NoPE layers (`rotates=False`). Variants that change the
+scores are subclasses, chosen once by `make_attention`: `SoftcapAttention` (Gemma 2), `AlibiAttention`
+(BLOOM) and `SinkAttention` (GPT-OSS). SDPA cannot express them, so they always take the explicit path.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos
 class Attention(nn.Module):
     always_explicit = False  # True for variants whose scores SDPA cannot compute
 
-    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> None:
+    def __init__(
+        self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0, rotates: bool = True
+    ) -> None:
         super().__init__()
         H, Hkv, D, Dh = cfg.n_heads, cfg.n_key_value_heads, cfg.d_model, cfg.d_head
         self.cfg = cfg
@@ -78,7 +80,8 @@ class Attention(nn.Module):
         if cfg.qk_norm is not None:
             self.q_norm = make_qk_norm(cfg, H)
             self.k_norm = make_qk_norm(cfg, Hkv)
-        if cfg.positional_embedding_type == "rotary":
+        self.rotate = None  # a NoPE layer of a rotary model (rotates=False) ignores the tables it is given
+        if cfg.positional_embedding_type == "rotary" and rotates:
             self.rotate = apply_rotary_adjacent if cfg.rotary_adjacent_pairs else apply_rotary
             self.hook_rot_q = HookPoint()  # [batch, pos, n_heads, d_head]
             self.hook_rot_k = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_head]
@@ -128,9 +131,10 @@ class Attention(nn.Module):
         name = ("_rotary_cos", "_rotary_sin")[which]
         if name in self.__dict__:
             return self.__dict__[name]
-        if self.cfg.positional_embedding_type != "rotary":
+        if self.rotate is None:
             raise AttributeError(
-                f"{type(self).__name__} of a {self.cfg.positional_embedding_type!r} model has no rotary table."
+                f"{type(self).__name__} of a {self.cfg.positional_embedding_type!r} model has no rotary table"
+                + (" (a NoPE layer)." if self.cfg.positional_embedding_type == "rotary" else ".")
             )
         local = self.attn_type == "local" and bool(self.cfg.rotary_base_local)
         positions = torch.arange(self.cfg.n_ctx, device=self.W_Q.device)[None]
@@ -164,7 +168,7 @@ class Attention(nn.Module):
         v = self.hook_v(self._clip(_project(v_input, self.W_V, self.b_V)))
         if self.cfg.qk_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rotary is not None:
+        if rotary is not None and self.rotate is not None:
             q = self.hook_rot_q(self.rotate(q, *rotary))
             k = self.hook_rot_k(self.rotate(k, *rotary))
         if past_kv is not None:
@@ -266,8 +270,10 @@ class SinkAttention(Attention):
 
     always_explicit = True
 
-    def __init__(self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> None:
-        super().__init__(cfg, attn_type, scale)
+    def __init__(
+        self, cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0, rotates: bool = True
+    ) -> None:
+        super().__init__(cfg, attn_type, scale, rotates)
         self.sinks = nn.Parameter(torch.zeros(cfg.n_heads))  # [n_heads]
 
     def _softmax(self, scores: Tensor) -> Float[Tensor, "batch n_heads query_pos key_pos"]:
@@ -275,17 +281,19 @@ class SinkAttention(Attention):
         return F.softmax(torch.cat([scores.float(), sink], dim=-1), dim=-1)[..., :-1]
 
 
-def make_attention(cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0) -> Attention:
+def make_attention(
+    cfg: HookedTransformerConfig, attn_type: AttnType = "global", scale: float = 0.0, rotates: bool = True
+) -> Attention:
     """The attention variant the config describes, for a layer of `attn_type` whose scores are divided by
-    `scale` (0: cfg.attn_scale)."""
+    `scale` (0: cfg.attn_scale); `rotates=False` for a NoPE layer of a rotary model."""
     if cfg.attn_sinks:
         if cfg.attn_scores_soft_cap or cfg.positional_embedding_type == "alibi":
             raise ValueError("Attention sinks with soft-capped scores or ALiBi are not implemented.")
-        return SinkAttention(cfg, attn_type, scale)
+        return SinkAttention(cfg, attn_type, scale, rotates)
     if cfg.positional_embedding_type == "alibi":
         if cfg.attn_scores_soft_cap:
             raise ValueError("ALiBi attention with soft-capped scores is not implemented.")
         return AlibiAttention(cfg, attn_type, scale)
     if cfg.attn_scores_soft_cap:
-        return SoftcapAttention(cfg, attn_type, scale)
-    return Attention(cfg, attn_type, scale)
+        return SoftcapAttention(cfg, attn_type, scale, rotates)
+    return Attention(cfg, attn_type, scale, rotates)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from hooked.components.attention import RotaryTables, make_attention
 from hooked.components.kv_cache import LayerKV
-from hooked.components.mlp import MLP, make_gated_mlp
+from hooked.components.mlp import MLP, XIELUMLP, make_gated_mlp
 from hooked.components.moe import MoE
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
@@ -40,7 +40,7 @@ class Block(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv_groups = cfg.n_heads, cfg.n_key_value_groups
         self.shortformer = cfg.positional_embedding_type == "shortformer"
-        self.needs_position = cfg.positional_embedding_type in ("rotary", "shortformer")
+        self.needs_position = self.shortformer or cfg.layer_rotates(layer)
         self.local = cfg.layer_attn_type(layer) == "local"
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_in = HookPoint()  # [batch, pos, n_heads, d_model]
@@ -49,7 +49,9 @@ class Block(nn.Module):
         self.hook_k_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
         self.hook_v_input = HookPoint(grouped)  # [batch, pos, n_kv_heads, d_model]
         self.ln1 = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
-        self.attn = make_attention(cfg, cfg.layer_attn_type(layer), cfg.layer_attn_scale(layer))
+        self.attn = make_attention(
+            cfg, cfg.layer_attn_type(layer), cfg.layer_attn_scale(layer), rotates=cfg.layer_rotates(layer)
+        )
         self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
         self.hook_resid_mid = HookPoint()  # [batch, pos, d_model]
         self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
@@ -205,7 +207,9 @@ class AttnOnlyBlock(Block):
 def make_mlp(cfg: HookedTransformerConfig) -> nn.Module:
     if cfg.num_experts:
         return MoE(cfg)
-    return make_gated_mlp(cfg) if cfg.gated_mlp else MLP(cfg)
+    if cfg.gated_mlp:
+        return make_gated_mlp(cfg)
+    return XIELUMLP(cfg) if cfg.act_fn == "xielu" else MLP(cfg)
 
 
 def make_block(cfg: HookedTransformerConfig, layer: int) -> Block:

@@ -1,4 +1,5 @@
-"""Feed-forward layers: the standard MLP and the gated MLP (SwiGLU/GeGLU, Shazeer 2020)."""
+"""Feed-forward layers: the standard MLP, the gated MLP (SwiGLU/GeGLU, Shazeer 2020), and the MLP whose
+activation has parameters of its own (xIELU, Huang et al. 2024: Apertus)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def in_weight(d_in: int, d_out: int) -> nn.Parameter:
 class MLP(nn.Module):
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
-        self.act = ACTIVATIONS[cfg.act_fn]
+        if cfg.act_fn in ACTIVATIONS:  # not xIELU, which is XIELUMLP's method
+            self.act = ACTIVATIONS[cfg.act_fn]
         self.W_in = in_weight(cfg.d_model, cfg.d_mlp)
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.mlp_bias else None
         self.W_out = in_weight(cfg.d_mlp, cfg.d_model)
@@ -54,6 +56,26 @@ class MLP(nn.Module):
         pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre))
         return F.linear(post, self.W_out.T, self.b_out)
+
+
+def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
+    """xIELU (arXiv 2411.13010) as Hugging Face's XIELUActivation computes it (its Python path): a quadratic
+    for x > 0, an exponential below, with the slopes softplus(alpha_p) and beta + softplus(alpha_n)."""
+    a_p, a_n = F.softplus(alpha_p), beta + F.softplus(alpha_n)
+    return torch.where(x > 0, a_p * x * x + beta * x, (torch.expm1(torch.min(x, eps)) - x) * a_n + beta * x)
+
+
+class XIELUMLP(MLP):
+    # Same as MLP except: the activation is xIELU, with the layer's own four numbers (alpha_p, alpha_n learned;
+    # beta, eps fixed in training but stored in the checkpoint). A random model draws them as it draws its
+    # matrices (init_weights); a loaded one has the checkpoint's.
+    def __init__(self, cfg: HookedTransformerConfig) -> None:
+        super().__init__(cfg)
+        for name in ("xielu_alpha_p", "xielu_alpha_n", "xielu_beta", "xielu_eps"):
+            setattr(self, name, nn.Parameter(torch.zeros(1 if "alpha" in name else ())))
+
+    def act(self, x: Float[Tensor, "batch pos d_mlp"]) -> Float[Tensor, "batch pos d_mlp"]:
+        return xielu(x, self.xielu_alpha_p, self.xielu_alpha_n, self.xielu_beta, self.xielu_eps)
 
 
 class GatedMLP(nn.Module):

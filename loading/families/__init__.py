@@ -1,13 +1,20 @@
 """Family adapters; importing this package registers them all."""
 
 from hooked.loading.families import (  # noqa: F401
+    apertus,
     bloom,
+    cohere,
+    falcon,
     gemma,
+    gemma3_multimodal,
+    glm,
     gpt2,
+    gpt_bigcode,
     gpt_neo,
     gpt_neox,
     gpt_oss,
     gptj,
+    granite,
     granitemoe,
     llama,
     mixtral,
@@ -18,5 +25,7 @@ from hooked.loading.families import (  # noqa: F401
     phi3,
     qwen3,
     qwen_moe,
+    smollm3,
     stablelm,
+    starcoder2,
 )
