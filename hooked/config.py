@@ -40,13 +40,31 @@ _DERIVED_INTS = (
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Rescaling of rotary frequencies for long context (Hugging Face `rope_type` "linear" or "llama3")."""
+    """Rescaling of rotary frequencies for long context: Hugging Face's `rope_type` "linear", "llama3",
+    "yarn", "longrope" or "dynamic" (their formulas are in components/positional.py)."""
 
-    kind: Literal["linear", "llama3"]
+    kind: Literal["linear", "llama3", "yarn", "longrope", "dynamic"]
     factor: float
     low_freq_factor: float = 1.0  # llama3 only
     high_freq_factor: float = 4.0  # llama3 only
-    original_max_position_embeddings: int = 8192  # llama3 only
+    # The context the model was pretrained with (llama3, yarn, longrope); for dynamic, the length up to which
+    # the frequencies are unscaled (transformers' max_position_embeddings).
+    original_max_position_embeddings: int = 8192
+    attention_factor: float = 1.0  # yarn, longrope: cos and sin are multiplied by it
+    beta_fast: float = 32.0  # yarn: rotations beyond which a frequency is kept (extrapolated)
+    beta_slow: float = 1.0  # yarn: rotations below which a frequency is divided by factor (interpolated)
+    truncate: bool = True  # yarn: the correction range is rounded outwards to whole dims
+    short_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors up to original_max_position_embeddings
+    long_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors beyond it
+
+    def __post_init__(self) -> None:
+        for name in ("short_factor", "long_factor"):  # lists from a saved config, made hashable
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        kinds = typing.get_args(typing.get_type_hints(RopeScaling)["kind"])
+        if self.kind not in kinds:
+            raise ValueError(f"RopeScaling kind must be one of {', '.join(map(repr, kinds))}; got {self.kind!r}.")
+        if self.kind == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
+            raise ValueError("RopeScaling 'longrope' needs short_factor and long_factor, one per rotary frequency.")
 
 
 # Fields TransformerLens code writes on a live model (`model.cfg.default_prepend_bos = False`, circuit-tracer's
@@ -237,6 +255,12 @@ class HookedTransformerConfig:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head}).")
         if self.rope_scaling is not None and self.positional_embedding_type != "rotary":
             raise ValueError("rope_scaling is set but positional_embedding_type is not 'rotary'.")
+        if self.rope_scaling is not None and self.rope_scaling.kind == "longrope":
+            if len(self.rope_scaling.short_factor) != self.rotary_dim // 2:
+                raise ValueError(
+                    f"longrope's short_factor and long_factor need one entry per rotary frequency (rotary_dim / 2 = "
+                    f"{self.rotary_dim // 2}), got {len(self.rope_scaling.short_factor)}."
+                )
         if (self.rotary_adjacent_pairs or self.rotary_base_local) and self.positional_embedding_type != "rotary":
             raise ValueError("rotary_adjacent_pairs / rotary_base_local need positional_embedding_type='rotary'.")
         if self.attn_types is not None:

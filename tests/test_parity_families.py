@@ -460,14 +460,6 @@ REFUSED = {
     "Phi qk_layernorm": ("PhiConfig", "PhiForCausalLM", dict(qk_layernorm=True), "qk_layernorm=True"),
     "OPT post-norm": ("OPTConfig", "OPTForCausalLM", dict(do_layer_norm_before=False), "do_layer_norm_before"),
     "OPT-350m projections": ("OPTConfig", "OPTForCausalLM", dict(word_embed_proj_dim=16), "word_embed_proj_dim"),
-    "Phi-3 longrope": (
-        "Phi3Config",
-        "Phi3ForCausalLM",
-        rope_kwargs(  # one factor per frequency of the default head
-            10000.0, {"rope_type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48}
-        ),
-        "rope_type='longrope'",
-    ),
     "BLOOM post-norm residual": (
         "BloomConfig",
         "BloomForCausalLM",

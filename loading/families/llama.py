@@ -12,8 +12,9 @@ from hooked.loading.transforms import Copy, Heads, Transpose
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
-def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
-    """`theta`: the family's rotary base where a config gives none (transformers' default)."""
+def llama_config(hf: dict[str, Any], theta: float = 10000.0, **rotary: Any) -> dict[str, Any]:
+    """`theta`: the family's rotary base where a config gives none (transformers' default); `rotary`:
+    `rotary_fields`'s other arguments (the scalings a family accepts)."""
     fields = sizes(hf)
     d_head = fields["d_head"]
     return {
@@ -22,7 +23,7 @@ def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
         "gated_mlp": True,
         "normalization_type": "RMS",
         "eps": hf["rms_norm_eps"],
-        **rotary_fields(hf, d_head, theta),
+        **rotary_fields(hf, d_head, theta, **rotary),
         "attn_qkv_bias": bool(hf.get("attention_bias", False)),
         "attn_out_bias": bool(hf.get("attention_bias", False)),
         "mlp_bias": bool(hf.get("mlp_bias", False)),
