@@ -628,8 +628,6 @@ def test_rope_fields_the_two_versions_read_differently_are_refused(case):
 
 
 def test_layer_types_missing_from_older_configs_are_derived_as_transformers_does():
-    from hooked.loading import UnsupportedConfigError
-
     local, full = "local", "global"
     gemma2 = read_config("Gemma2Config", "Gemma2ForCausalLM", sliding_window=4)
     assert gemma2.attn_types == (local, full, local) and gemma2.sliding_window == 4
@@ -642,5 +640,4 @@ def test_layer_types_missing_from_older_configs_are_derived_as_transformers_does
     ignored = dict(sliding_window=4, layer_types=["sliding_attention"] * 3, num_key_value_heads=4)
     unused = read_config("Qwen3Config", "Qwen3ForCausalLM", **ignored)
     assert unused.attn_types is None and unused.sliding_window is None
-    with pytest.raises(UnsupportedConfigError, match="use_sliding_window"):
-        read_config("Qwen2Config", "Qwen2ForCausalLM", **windowed)
+    assert read_config("Qwen2Config", "Qwen2ForCausalLM", **windowed).attn_types == (full, local, local)

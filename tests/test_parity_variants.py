@@ -108,8 +108,31 @@ VARIANTS = {
         ),
         {"n_ctx": 64},
     ),
+    "qwen2-sliding": (  # the layers from max_window_layers on see the last sliding_window keys only
+        lambda: config(
+            "Qwen2Config",
+            **SMALL,
+            num_key_value_heads=2,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+        ),
+        {},
+    ),
+    "qwen2-sliding-layer-types-tied": (
+        lambda: config(
+            "Qwen2Config",
+            **SMALL,
+            num_key_value_heads=4,
+            use_sliding_window=True,
+            sliding_window=3,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            tie_word_embeddings=True,
+        ),
+        {},
+    ),
 }
-LENGTHS = (5, 12)  # within and beyond ORIGINAL
+LENGTHS = (5, 12)  # within and beyond ORIGINAL, and beyond every sliding window
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))

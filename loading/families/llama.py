@@ -1,5 +1,6 @@
 """Llama and its close relatives Mistral and Qwen2 (Hugging Face `modeling_llama.py` and siblings):
-RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP."""
+RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP; Mistral's sliding window on every
+layer, Qwen2's (with use_sliding_window) on the layers from max_window_layers on."""
 
 from __future__ import annotations
 
@@ -48,10 +49,9 @@ def qwen_attn_types(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def qwen2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    if qwen_attn_types(hf)["attn_types"] is not None:  # some layer has a window: not implemented for Qwen2
-        require(hf, "use_sliding_window", (False, None))
     # Qwen2 hard-codes biases on q/k/v and none on the output projection or the MLP.
-    return {**llama_config(hf), "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
+    fields = {**llama_config(hf), **qwen_attn_types(hf)}
+    return {**fields, "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
 
 
 def llama_weights(cfg: HookedTransformerConfig) -> WeightTable:
