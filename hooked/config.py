@@ -123,6 +123,7 @@ class HookedTransformerConfig:
     # one weight for all heads ("shared": Qwen3, Gemma 3), over d_head with a weight per head ("per_head": StableLM 2),
     # or over all heads at once ("all_heads": OLMo 2). None: no query/key norm.
     qk_norm: Literal["shared", "per_head", "all_heads"] | None = None
+    qk_norm_bias: bool = False  # the shared query/key LayerNorms also have a bias (Phi's qk_layernorm)
     mlp_bias: bool = True
     num_experts: int = 0  # mixture of experts: gated MLP experts per layer (Mixtral); 0 means a dense MLP
     experts_per_token: int = 0  # experts each token is routed to (their weights renormalized to sum to 1)
@@ -287,6 +288,11 @@ class HookedTransformerConfig:
             raise ValueError(
                 "qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS', "
                 f"got {self.normalization_type!r}."
+            )
+        if self.qk_norm_bias and (self.qk_norm != "shared" or self.normalization_type != "LN"):
+            raise ValueError(
+                "qk_norm_bias is implemented for shared LayerNorms on queries and keys: it needs qk_norm='shared' "
+                f"and normalization_type='LN', got {self.qk_norm!r} and {self.normalization_type!r}."
             )
         if self.parallel_attn_mlp and self.block_norms != "pre":
             raise ValueError(f"parallel_attn_mlp needs block_norms='pre', got {self.block_norms!r}.")

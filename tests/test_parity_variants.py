@@ -131,8 +131,18 @@ VARIANTS = {
         ),
         {},
     ),
+    "phi-qk-layernorm": (  # a LayerNorm with weight and bias on each head's queries and keys
+        lambda: config("PhiConfig", **SMALL, num_key_value_heads=2, qk_layernorm=True),
+        {},
+    ),
 }
 LENGTHS = (5, 12)  # within and beyond ORIGINAL, and beyond every sliding window
+
+
+# Hook points beyond the base family's that a variant must have.
+HOOKS = {
+    "phi-qk-layernorm": ["blocks.0.attn.q_norm.hook_scale", "blocks.2.attn.k_norm.hook_normalized"],
+}
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -152,6 +162,12 @@ def test_a_live_model_loads_like_its_checkpoint(pair):
     mine, theirs = ours.state_dict(), live.state_dict()
     assert mine.keys() == theirs.keys()
     assert all(torch.equal(mine[key], theirs[key]) for key in mine)
+
+
+def test_variant_hook_points_exist(pair):
+    name, _, model = pair
+    missing = [hook for hook in HOOKS.get(name, []) if hook not in model.hook_dict]
+    assert not missing, f"{name} lacks hook points {missing}"
 
 
 def fresh(hf):
