@@ -130,8 +130,9 @@ class HookedTransformerConfig:
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre; both outputs are added to it (GPT-J)
     # Where a block's norms sit: "pre" normalizes each sublayer's input (ln1, ln2); "pre_and_post" also each
     # sublayer's output before it is added to the residual (ln1_post, ln2_post: Gemma 2/3); "post" only the
-    # outputs (OLMo 2).
-    block_norms: Literal["pre", "pre_and_post", "post"] = "pre"
+    # outputs (OLMo 2); "post_residual" each residual sum, so the stream itself is renormalized (ln1_post,
+    # ln2_post: the original Transformer's post-LN, OPT-350m), with no final norm (the last ln2_post is one).
+    block_norms: Literal["pre", "pre_and_post", "post", "post_residual"] = "pre"
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
     post_embedding_ln: bool = False  # the token embedding ends with a norm, embed.ln (BLOOM); hook_embed is after it
     unembed_bias: bool = False
@@ -321,6 +322,8 @@ class HookedTransformerConfig:
     @property
     def final_normalization_type(self) -> str | None:
         """The final norm's type: normalization_type, or with final_rms its RMS form (TransformerLens's rule)."""
+        if self.block_norms == "post_residual":  # the last block's ln2_post already normalized the stream
+            return None
         if self.final_rms and self.normalization_type in ("LN", "LNPre"):
             return "RMS" if self.normalization_type == "LN" else "RMSPre"
         return self.normalization_type

@@ -37,6 +37,9 @@ class Adapter:
     # The config's `model_type` (transformers builds the model from it, not from the architecture name);
     # a config naming this architecture with another model_type is refused. Empty: not checked.
     model_type: str = ""
+    # Keyword arguments for `weights` from the Hugging Face config, for layouts the canonical config does not
+    # show (OPT-350m's embedding projections, folded into W_E and W_U). None: `weights(cfg)` alone.
+    table_options: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 H_LAYERS = r"\.h\.(\d+)\."  # GPT-2-style checkpoints number their blocks `transformer.h.{i}`

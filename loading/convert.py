@@ -135,25 +135,28 @@ def build(
     _check_sizes(checkpoint, cfg, adapter, architecture)
     table = {
         name.format(i=layer): t.format(layer)
-        for name, t in adapter.weights(cfg).items()
+        for name, t in adapter.weights(
+            cfg, **(adapter.table_options(hf_config) if adapter.table_options else {})
+        ).items()
         for layer in (range(cfg.n_layers) if "{i}" in name else [0])
     }
     _check_tensor_names(checkpoint.names(), table, adapter, cfg.n_layers)
 
     with torch.device("meta"):
         model = cls(cfg)
-    remaining = Counter(t.key for t in table.values())
+    remaining = Counter(key for t in table.values() for key in t.keys)
     loaded: dict[str, torch.Tensor] = {}
     # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
     for name, transform in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
-        key = transform.key
-        if key not in loaded:
-            loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
-        tensor = transform(loaded[key], cfg)
-        remaining[key] -= 1
-        if not remaining[key]:
-            del loaded[key]  # the parameters keep views of it; this is the loader's last reference
-        _set_parameter(model, name, tensor, key)
+        for key in transform.keys:
+            if key not in loaded:
+                loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
+        tensor = transform(loaded[transform.key], cfg, *(loaded[key] for key in transform.others))
+        for key in transform.keys:
+            remaining[key] -= 1
+            if not remaining[key]:
+                del loaded[key]  # the parameters keep views of it; this is the loader's last reference
+        _set_parameter(model, name, tensor, transform.key)
     unset = [name for name, p in model.named_parameters() if p.is_meta]
     if unset:
         raise CheckpointMismatchError(f"{architecture}: no checkpoint tensor produced {', '.join(unset)}.")
@@ -195,7 +198,7 @@ def _check_sizes(checkpoint: Checkpoint, cfg: HookedTransformerConfig, adapter: 
 
 
 def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:
-    wanted = {t.key for t in table.values()}
+    wanted = {key for t in table.values() for key in t.keys}
     missing = sorted(wanted - set(names))
     ignored = re.compile("|".join(f"(?:{p})" for p in adapter.ignored) or "(?!)")
 

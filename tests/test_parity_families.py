@@ -457,8 +457,6 @@ def test_cached_decoding_matches_full_forward(pair, chunks):
 
 
 REFUSED = {
-    "OPT post-norm": ("OPTConfig", "OPTForCausalLM", dict(do_layer_norm_before=False), "do_layer_norm_before"),
-    "OPT-350m projections": ("OPTConfig", "OPTForCausalLM", dict(word_embed_proj_dim=16), "word_embed_proj_dim"),
     "BLOOM post-norm residual": (
         "BloomConfig",
         "BloomForCausalLM",

@@ -15,7 +15,7 @@ import re
 
 import pytest
 import torch
-from conftest import assert_close, assert_matches_reference, reference, rope_kwargs, save_tiny
+from conftest import assert_close, assert_layers_close, assert_matches_reference, reference, rope_kwargs, save_tiny
 from test_parity_families import (  # noqa: F401  (the generic tests run here on this module's `pair`)
     SMALL,
     V,
@@ -135,6 +135,54 @@ VARIANTS = {
         lambda: config("PhiConfig", **SMALL, num_key_value_heads=2, qk_layernorm=True),
         {},
     ),
+    "opt-350m": (  # post-norm blocks, no final norm, narrower embeddings projected in and out (tied)
+        lambda: config(
+            "OPTConfig",
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            ffn_dim=96,
+            vocab_size=V,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+            do_layer_norm_before=False,
+            pad_token_id=0,
+            init_std=0.2,  # attention reads the raw embeddings: large enough that its scores are not ~0
+        ),
+        {},
+    ),
+    "opt-projected-prenorm-untied": (
+        lambda: config(
+            "OPTConfig",
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            ffn_dim=80,
+            vocab_size=V,
+            max_position_embeddings=64,
+            word_embed_proj_dim=24,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+        ),
+        {},
+    ),
+    "opt-post-norm-nobias": (
+        lambda: config(
+            "OPTConfig",
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            ffn_dim=80,
+            vocab_size=V,
+            max_position_embeddings=64,
+            word_embed_proj_dim=48,
+            do_layer_norm_before=False,
+            enable_bias=False,
+            pad_token_id=0,
+            init_std=0.2,
+        ),
+        {},
+    ),
 }
 LENGTHS = (5, 12)  # within and beyond ORIGINAL, and beyond every sliding window
 
@@ -142,6 +190,7 @@ LENGTHS = (5, 12)  # within and beyond ORIGINAL, and beyond every sliding window
 # Hook points beyond the base family's that a variant must have.
 HOOKS = {
     "phi-qk-layernorm": ["blocks.0.attn.q_norm.hook_scale", "blocks.2.attn.k_norm.hook_normalized"],
+    "opt-350m": ["hook_pos_embed", "blocks.0.ln1_post.hook_scale", "blocks.2.ln2_post.hook_normalized"],
 }
 
 
@@ -192,7 +241,22 @@ def same_frequencies(cfg, length: int, other: int) -> bool:
 @pytest.mark.parametrize("length", LENGTHS)
 def test_logits_residuals_and_patterns_match(pair, length):
     _, hf, model = pair
-    assert_matches_reference(model, fresh(hf), torch.randint(0, V, (2, length)))
+    tokens = torch.randint(0, V, (2, length))
+    project_out = getattr(getattr(hf.model, "decoder", None), "project_out", None)
+    if project_out is None:
+        assert_matches_reference(model, fresh(hf), tokens)
+        return
+    # OPT-350m: HF's last hidden state is project_out's narrow output, which W_U folds in; the stream
+    # before it, unembed.hook_in, is compared through HF's own project_out.
+    ref = reference(hf, tokens)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        last = project_out(cache["unembed.hook_in"])
+    assert_close(logits, ref.logits, "logits")
+    n = model.cfg.n_layers
+    assert_layers_close([cache["resid_post", i] for i in range(n - 1)] + [last], list(ref.hidden_states[1:]), "resid")
+    assert_layers_close([cache["pattern", i] for i in range(n)], list(ref.attentions), "pattern")
+    assert_close(cache["hook_embed"], hf.model.decoder.project_in(hf.model.decoder.embed_tokens(tokens)), "resid")
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -247,10 +311,16 @@ def test_greedy_generation_equals_transformers(pair):
 
 
 def test_residual_decomposition_sums_back(pair):
+    """And where the stream is renormalized after every sum (post-LN), the decompositions are refused."""
     _, _, model = pair
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.randint(0, V, (2, 12)))
     n_layers = model.cfg.n_layers
+    if model.cfg.block_norms == "post_residual":
+        for decompose in (cache.decompose_resid, cache.get_full_resid_decomposition, cache.accumulated_resid):
+            with pytest.raises(NotImplementedError, match="post-LN"):
+                decompose()
+        return
     for layer in range(n_layers + 1):
         stream = cache["resid_post", n_layers - 1] if layer == n_layers else cache["resid_pre", layer]
         assert_close(cache.decompose_resid(layer).sum(0), stream, "resid", label=f"decompose_resid({layer})")

@@ -59,6 +59,12 @@ Part = tuple[list[str], Tensor]  # labels and a [component, *batch, pos, d_model
 def _resid_layer(cache: ActivationCache, layer: int | None, mlp_input: bool = False) -> int:
     """A residual-stream index in 0..n_layers (see the module docstring)."""
     n_layers = cache.model.cfg.n_layers
+    if cache.model.cfg.block_norms == "post_residual":
+        raise NotImplementedError(
+            "This model's blocks are post-LN (block_norms='post_residual', OPT-350m): each residual sum is "
+            "renormalized, so the stream is no sum of embeddings and sublayer outputs and cannot be decomposed. "
+            "Per-sublayer activations (cache['attn_out', i], cache['mlp_out', i], head results) are still exact."
+        )
     resolved = n_layers if layer is None else layer + n_layers + 1 if layer < 0 else layer
     if not 0 <= resolved <= n_layers:
         raise ValueError(f"layer must be in -{n_layers + 1}..{n_layers} (or None for the final stream), got {layer}.")
