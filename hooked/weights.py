@@ -156,7 +156,8 @@ class WeightsMixin:
         resid_pre). `layer` runs 0..n_layers (n_layers: the final residual, after every block). In
         blocks with post-norms (Gemma 2/3, OLMo 2) a bias reaches the residual through the norm, as a
         different vector at each position: this raw sum is not what they write (the "bias" entry of
-        `ActivationCache.get_full_resid_decomposition` is).
+        `ActivationCache.get_full_resid_decomposition` is). In post-LN blocks (OPT-350m), which renormalize
+        the stream itself, no sum of biases is in the stream.
         """
         n_layers = self.cfg.n_layers
         if not 0 <= layer <= n_layers:

@@ -37,6 +37,13 @@ def factors(n: int, start: float, step: float) -> list[float]:
     return [start + step * i for i in range(n)]
 
 
+def opt(**fields):
+    """An OPT config; with do_layer_norm_before=False, init_std large enough that attention, which reads the
+    raw embeddings, has scores far from 0 (so that every hook point's edit shows in the logits)."""
+    sizes = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, ffn_dim=96, max_position_embeddings=64)
+    return config("OPTConfig", **sizes, vocab_size=V, pad_token_id=0, **fields)
+
+
 # name -> (HF config factory, from_pretrained keyword arguments)
 VARIANTS = {
     "llama-yarn": (
@@ -136,53 +143,11 @@ VARIANTS = {
         {},
     ),
     "opt-350m": (  # post-norm blocks, no final norm, narrower embeddings projected in and out (tied)
-        lambda: config(
-            "OPTConfig",
-            hidden_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            ffn_dim=96,
-            vocab_size=V,
-            max_position_embeddings=64,
-            word_embed_proj_dim=32,
-            do_layer_norm_before=False,
-            pad_token_id=0,
-            init_std=0.2,  # attention reads the raw embeddings: large enough that its scores are not ~0
-        ),
+        lambda: opt(word_embed_proj_dim=32, do_layer_norm_before=False, init_std=0.2),
         {},
     ),
-    "opt-projected-prenorm-untied": (
-        lambda: config(
-            "OPTConfig",
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=3,
-            ffn_dim=80,
-            vocab_size=V,
-            max_position_embeddings=64,
-            word_embed_proj_dim=24,
-            pad_token_id=0,
-            tie_word_embeddings=False,
-        ),
-        {},
-    ),
-    "opt-post-norm-nobias": (
-        lambda: config(
-            "OPTConfig",
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=3,
-            ffn_dim=80,
-            vocab_size=V,
-            max_position_embeddings=64,
-            word_embed_proj_dim=48,
-            do_layer_norm_before=False,
-            enable_bias=False,
-            pad_token_id=0,
-            init_std=0.2,
-        ),
-        {},
-    ),
+    "opt-projected-prenorm-untied": (lambda: opt(word_embed_proj_dim=24, tie_word_embeddings=False), {}),
+    "opt-post-norm-nobias": (lambda: opt(do_layer_norm_before=False, enable_bias=False, init_std=0.2), {}),
 }
 LENGTHS = (5, 12)  # within and beyond ORIGINAL, and beyond every sliding window
 
