@@ -115,6 +115,16 @@ VARIANTS = {
         ),
         {"n_ctx": 64},
     ),
+    "gpt_neox-dynamic-partial": (  # dynamic on a quarter of each head: the base's exponent is rotary_dim's
+        lambda: config(
+            "GPTNeoXConfig",
+            **{**SMALL, "max_position_embeddings": ORIGINAL},
+            **rope_kwargs(
+                10000.0, {"rope_type": "dynamic", "factor": 3.0}, partial=0.25, names=("rotary_emb_base", "rotary_pct")
+            ),
+        ),
+        {"n_ctx": 64},
+    ),
     "qwen2-sliding": (  # the layers from max_window_layers on see the last sliding_window keys only
         lambda: config(
             "Qwen2Config",
@@ -207,7 +217,7 @@ def same_frequencies(cfg, length: int, other: int) -> bool:
 def test_logits_residuals_and_patterns_match(pair, length):
     _, hf, model = pair
     tokens = torch.randint(0, V, (2, length))
-    project_out = getattr(getattr(hf.model, "decoder", None), "project_out", None)
+    project_out = getattr(getattr(getattr(hf, "model", None), "decoder", None), "project_out", None)
     if project_out is None:
         assert_matches_reference(model, fresh(hf), tokens)
         return
