@@ -289,12 +289,15 @@ def test_residual_decomposition_sums_back(pair):
     """And where the stream is renormalized after every sum (post-LN), the decompositions are refused."""
     _, _, model = pair
     with torch.no_grad():
-        _, cache = model.run_with_cache(torch.randint(0, V, (2, 12)))
+        logits, cache = model.run_with_cache(torch.randint(0, V, (2, 12)))
     n_layers = model.cfg.n_layers
     if model.cfg.block_norms == "post_residual":
-        for decompose in (cache.decompose_resid, cache.get_full_resid_decomposition, cache.accumulated_resid):
+        for decompose in (cache.decompose_resid, cache.get_full_resid_decomposition):
             with pytest.raises(NotImplementedError, match="post-LN"):
                 decompose()
+        # The streams themselves are what the blocks computed; with no final norm the last one's lens is the logits.
+        assert torch.equal(cache.accumulated_resid()[-1], cache["resid_post", n_layers - 1])
+        assert_close(cache.logit_lens()[-1], logits, "logits")
         return
     for layer in range(n_layers + 1):
         stream = cache["resid_post", n_layers - 1] if layer == n_layers else cache["resid_pre", layer]
