@@ -101,7 +101,8 @@ class Rotary(nn.Module):
         self, positions: Int[Tensor, "batch pos"], dtype: torch.dtype
     ) -> tuple[Float[Tensor, "batch pos rotary_dim"], Float[Tensor, "batch pos rotary_dim"]]:
         s = self.scaling
-        seq_len = int(positions.max()) + 1 if s is not None and s.kind in ("longrope", "dynamic") else 0
+        by_length = s is not None and s.kind in ("longrope", "dynamic") and positions.numel()
+        seq_len = int(positions.max()) + 1 if by_length else 0
         # Angles in float32 (positions up to n_ctx lose precision in half types), then cast.
         freqs = positions[..., None].float() * self.inv_freq(positions.device, seq_len)
         angles = freqs.repeat_interleave(2, dim=-1) if self.adjacent_pairs else torch.cat((freqs, freqs), dim=-1)
