@@ -40,13 +40,31 @@ _DERIVED_INTS = (
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Rescaling of rotary frequencies for long context (Hugging Face `rope_type` "linear" or "llama3")."""
+    """Rescaling of rotary frequencies for long context: Hugging Face's `rope_type` "linear", "llama3",
+    "yarn", "longrope" or "dynamic" (their formulas are in components/positional.py)."""
 
-    kind: Literal["linear", "llama3"]
+    kind: Literal["linear", "llama3", "yarn", "longrope", "dynamic"]
     factor: float
     low_freq_factor: float = 1.0  # llama3 only
     high_freq_factor: float = 4.0  # llama3 only
-    original_max_position_embeddings: int = 8192  # llama3 only
+    # The context the model was pretrained with (llama3, yarn, longrope); for dynamic, the length up to which
+    # the frequencies are unscaled (transformers' max_position_embeddings).
+    original_max_position_embeddings: int = 8192
+    attention_factor: float = 1.0  # yarn, longrope: cos and sin are multiplied by it
+    beta_fast: float = 32.0  # yarn: rotations beyond which a frequency is kept (extrapolated)
+    beta_slow: float = 1.0  # yarn: rotations below which a frequency is divided by factor (interpolated)
+    truncate: bool = True  # yarn: the correction range is rounded outwards to whole dims
+    short_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors up to original_max_position_embeddings
+    long_factor: tuple[float, ...] = ()  # longrope: per-frequency divisors beyond it
+
+    def __post_init__(self) -> None:
+        for name in ("short_factor", "long_factor"):  # lists from a saved config, made hashable
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        kinds = typing.get_args(typing.get_type_hints(RopeScaling)["kind"])
+        if self.kind not in kinds:
+            raise ValueError(f"RopeScaling kind must be one of {', '.join(map(repr, kinds))}; got {self.kind!r}.")
+        if self.kind == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
+            raise ValueError("RopeScaling 'longrope' needs short_factor and long_factor, one per rotary frequency.")
 
 
 # Fields TransformerLens code writes on a live model (`model.cfg.default_prepend_bos = False`, circuit-tracer's
@@ -108,6 +126,7 @@ class HookedTransformerConfig:
     # one weight for all heads ("shared": Qwen3, Gemma 3), over d_head with a weight per head ("per_head": StableLM 2),
     # or over all heads at once ("all_heads": OLMo 2). None: no query/key norm.
     qk_norm: Literal["shared", "per_head", "all_heads"] | None = None
+    qk_norm_bias: bool = False  # the shared query/key LayerNorms also have a bias (Phi's qk_layernorm)
     mlp_bias: bool = True
     num_experts: int = 0  # mixture of experts: gated MLP experts per layer (Mixtral); 0 means a dense MLP
     experts_per_token: int = 0  # experts each token is routed to
@@ -127,8 +146,9 @@ class HookedTransformerConfig:
     parallel_attn_mlp: bool = False  # attention and MLP both read resid_pre; both outputs are added to it (GPT-J)
     # Where a block's norms sit: "pre" normalizes each sublayer's input (ln1, ln2); "pre_and_post" also each
     # sublayer's output before it is added to the residual (ln1_post, ln2_post: Gemma 2/3); "post" only the
-    # outputs (OLMo 2).
-    block_norms: Literal["pre", "pre_and_post", "post"] = "pre"
+    # outputs (OLMo 2); "post_residual" each residual sum, so the stream itself is renormalized (ln1_post,
+    # ln2_post: the original Transformer's post-LN, OPT-350m), with no final norm (the last ln2_post is one).
+    block_norms: Literal["pre", "pre_and_post", "post", "post_residual"] = "pre"
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(d_model))
     post_embedding_ln: bool = False  # the token embedding ends with a norm, embed.ln (BLOOM); hook_embed is after it
     unembed_bias: bool = False
@@ -255,6 +275,12 @@ class HookedTransformerConfig:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head}).")
         if self.rope_scaling is not None and self.positional_embedding_type != "rotary":
             raise ValueError("rope_scaling is set but positional_embedding_type is not 'rotary'.")
+        if self.rope_scaling is not None and self.rope_scaling.kind == "longrope":
+            if len(self.rope_scaling.short_factor) != self.rotary_dim // 2:
+                raise ValueError(
+                    f"longrope's short_factor and long_factor need one entry per rotary frequency (rotary_dim / 2 = "
+                    f"{self.rotary_dim // 2}), got {len(self.rope_scaling.short_factor)}."
+                )
         if (self.rotary_adjacent_pairs or self.rotary_base_local) and self.positional_embedding_type != "rotary":
             raise ValueError("rotary_adjacent_pairs / rotary_base_local need positional_embedding_type='rotary'.")
         if self.attn_types is not None:
@@ -300,6 +326,11 @@ class HookedTransformerConfig:
                 "qk_norm needs a norm with a weight: normalization_type 'LN' or 'RMS', "
                 f"got {self.normalization_type!r}."
             )
+        if self.qk_norm_bias and (self.qk_norm != "shared" or self.normalization_type != "LN"):
+            raise ValueError(
+                "qk_norm_bias is implemented for shared LayerNorms on queries and keys: it needs qk_norm='shared' "
+                f"and normalization_type='LN', got {self.qk_norm!r} and {self.normalization_type!r}."
+            )
         if self.parallel_attn_mlp and self.block_norms != "pre":
             raise ValueError(f"parallel_attn_mlp needs block_norms='pre', got {self.block_norms!r}.")
 
@@ -331,6 +362,8 @@ class HookedTransformerConfig:
     @property
     def final_normalization_type(self) -> str | None:
         """The final norm's type: normalization_type, or with final_rms its RMS form (TransformerLens's rule)."""
+        if self.block_norms == "post_residual":  # the last block's ln2_post already normalized the stream
+            return None
         if self.final_rms and self.normalization_type in ("LN", "LNPre"):
             return "RMS" if self.normalization_type == "LN" else "RMSPre"
         return self.normalization_type

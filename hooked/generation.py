@@ -101,6 +101,8 @@ def generate_stream(
                 stacklevel=3,
             )
             return
+        if cache is not None and _crosses_longrope_switch(model, len(cache), tokens.shape[1]):
+            cache, step_tokens, step_mask = KVCache.for_model(model), tokens, mask
         if cache is not None:
             logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache, logits_to_keep=1)
         else:
@@ -124,6 +126,16 @@ def generate_stream(
         tokens, mask = torch.cat([tokens, step_tokens], dim=1), torch.cat([mask, step_mask], dim=1)
         if finished.all():
             return
+
+
+def _crosses_longrope_switch(model: HookedTransformer, cached: int, total: int) -> bool:
+    """Whether this step takes a LongRoPE model past its original context, where its frequencies switch
+    from the short to the long factors: the cached keys, rotated with the short ones, are then computed
+    again, as transformers' Phi-3 generation does (Phi3ForCausalLM.prepare_inputs_for_generation)."""
+    scaling = model.cfg.rope_scaling
+    if scaling is None or scaling.kind != "longrope":
+        return False
+    return cached <= scaling.original_max_position_embeddings < total
 
 
 def generate(
@@ -157,7 +169,8 @@ def generate(
     whole sequence once it is generated, with the hooks that were active during generation. (During
     generation itself, on the key-value cache, each step's hooks see only the new position: [batch, 1, ...]
     for most points, [batch, n_heads, 1, keys so far] for patterns; its absolute position is the number of
-    tokens before it, prompt padding included.)"""
+    tokens before it, prompt padding included. The exception is the step that takes a LongRoPE model past
+    its original context: as in transformers, it computes every position again.)"""
     _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(

@@ -157,7 +157,8 @@ class WeightsMixin:
         blocks with post-norms (Gemma 2/3, OLMo 2) a bias reaches the residual through the norm, as a
         different vector at each position: this raw sum is not what they write (the "bias" entry of
         `ActivationCache.get_full_resid_decomposition` is). A mixture of experts whose experts have no biases
-        writes no MLP bias; one whose experts have biases (GPT-OSS) is refused with `include_mlp_biases`.
+        writes no MLP bias; one whose experts have biases (GPT-OSS) is refused with `include_mlp_biases`. In
+        post-LN blocks (OPT-350m), which renormalize the stream itself, no sum of biases is in the stream.
         """
         n_layers = self.cfg.n_layers
         if not 0 <= layer <= n_layers:

@@ -7,6 +7,7 @@ The registry is keyed by the checkpoint's `architectures[0]`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class Adapter:
     # `weights` is called as weights(cfg, hf): tensor names depend on an HF field that our config has no use
     # for (Falcon's norm names).
     weights_read_hf: bool = False
+    # Keyword arguments for `weights` from the Hugging Face config, for layouts the canonical config does not
+    # show (OPT-350m's embedding projections, folded into W_E and W_U). None: `weights(cfg)` alone.
+    table_options: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def renamed(self, name: str) -> str:
         """`name` as the weight table knows it (see `renames`)."""
@@ -138,33 +142,69 @@ def rope_parameters(
     return {"rope_type": "default", **defaults, **old, **new}
 
 
+ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
+
+
 def rotary_fields(
-    hf: dict[str, Any], d_head: int, theta: float = 10000.0, partial: float = 1.0, legacy: dict[str, str] = LEGACY_ROPE
+    hf: dict[str, Any],
+    d_head: int,
+    theta: float = 10000.0,
+    partial: float = 1.0,
+    legacy: dict[str, str] = LEGACY_ROPE,
+    rope_types: tuple[str, ...] = ROPE_TYPES,
+    scaling: Callable[[dict[str, Any], dict[str, Any]], RopeScaling] | None = None,
 ) -> dict[str, Any]:
     """Rotary settings from either the transformers-5 `rope_parameters` or the older fields (see
-    `rope_parameters`); `theta` and `partial` are the family's defaults when a config gives neither."""
+    `rope_parameters`); `theta` and `partial` are the family's defaults when a config gives neither,
+    `rope_types` the scalings it accepts and `scaling` (default `rope_scaling`) reads them."""
     params = rope_parameters(hf, hf.get("rope_parameters"), legacy, rope_theta=theta, partial_rotary_factor=partial)
     rope_type = params["rope_type"]
-    require(
-        {"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type", ("default", "linear", "llama3")
-    )
-    scaling = None
-    if rope_type == "linear":
-        scaling = RopeScaling("linear", float(params["factor"]))
-    elif rope_type == "llama3":
-        scaling = RopeScaling(
-            "llama3",
-            float(params["factor"]),
-            float(params["low_freq_factor"]),
-            float(params["high_freq_factor"]),
-            int(params["original_max_position_embeddings"]),
-        )
+    require({"architectures": hf.get("architectures"), "rope_type": rope_type}, "rope_type", rope_types)
     return {
         "positional_embedding_type": "rotary",
         "rotary_base": float(params["rope_theta"]),
         "rotary_dim": int(d_head * params["partial_rotary_factor"]),
-        "rope_scaling": scaling,
+        "rope_scaling": None if rope_type == "default" else (scaling or rope_scaling)(hf, params),
     }
+
+
+def rope_scaling(hf: dict[str, Any], params: dict[str, Any]) -> RopeScaling:
+    """The linear, dynamic, llama3 or yarn scaling of `params` (a flat `rope_parameters` dict), with
+    transformers' defaults (modeling_rope_utils), on which 4.57 and 5 agree, except that 5 derives a
+    missing yarn factor as max_position_embeddings / original_max_position_embeddings (4.57 refuses such a
+    config): that is done here. (Both read yarn's original context from the scaling dict only, never from a
+    top-level original_max_position_embeddings.)"""
+    kind, factor = params["rope_type"], params.get("factor")
+    if kind == "linear":
+        return RopeScaling("linear", float(factor))
+    if kind == "dynamic":  # transformers scales from max_position_embeddings (not the original context)
+        return RopeScaling("dynamic", float(factor), original_max_position_embeddings=hf["max_position_embeddings"])
+    if kind == "llama3":
+        fields = ("factor", "low_freq_factor", "high_freq_factor")
+        original = params.get("original_max_position_embeddings") or hf["max_position_embeddings"]
+        return RopeScaling("llama3", *(float(params[f]) for f in fields), int(original))
+    # yarn
+    original = int(params.get("original_max_position_embeddings") or hf["max_position_embeddings"])
+    factor = float(factor) if factor is not None else hf["max_position_embeddings"] / original
+    attention = params.get("attention_factor")
+    if attention is None:  # YaRN's 0.1 ln(s) + 1, or DeepSeek's ratio of two such terms with their own weights
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        attention = (
+            _mscale(factor, mscale) / _mscale(factor, mscale_all_dim) if mscale and mscale_all_dim else _mscale(factor)
+        )
+    return RopeScaling(
+        "yarn",
+        factor,
+        original_max_position_embeddings=original,
+        attention_factor=float(attention),
+        beta_fast=float(params.get("beta_fast") or 32),
+        beta_slow=float(params.get("beta_slow") or 1),
+        truncate=bool(params.get("truncate", True)),
+    )
+
+
+def _mscale(factor: float, weight: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * weight * math.log(factor) + 1.0
 
 
 LAYER_TYPES = {"full_attention": "global", "sliding_attention": "local"}

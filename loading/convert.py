@@ -161,7 +161,8 @@ def build(
     # The weight table and the model grow with the config's sizes; a config that asks for more than the
     # checkpoint holds (a crafted num_hidden_layers of 10**7) is refused before either is built.
     _check_sizes(checkpoint, cfg, adapter, architecture)
-    weights = adapter.weights(cfg, hf_config) if adapter.weights_read_hf else adapter.weights(cfg)
+    options = adapter.table_options(hf_config) if adapter.table_options else {}
+    weights = adapter.weights(cfg, hf_config, **options) if adapter.weights_read_hf else adapter.weights(cfg, **options)
     factors = adapter.multipliers(hf_config) if adapter.multipliers is not None else {}
     factors = {name: factor for name, factor in factors.items() if name in weights and factor != 1.0}
     table = {
@@ -175,20 +176,21 @@ def build(
 
     with torch.device("meta"):
         model = cls(cfg)
-    remaining = Counter(t.key for t, _ in table.values())
+    remaining = Counter(key for t, _ in table.values() for key in t.keys)
     loaded: dict[str, torch.Tensor] = {}
     # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
     for name, (transform, factor) in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
-        key = transform.key
-        if key not in loaded:
-            loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
-        tensor = transform(loaded[key], cfg)
+        for key in transform.keys:
+            if key not in loaded:
+                loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)
+        tensor = transform(loaded[transform.key], cfg, *(loaded[key] for key in transform.others))
         if factor is not None:
             tensor = tensor * factor
-        remaining[key] -= 1
-        if not remaining[key]:
-            del loaded[key]  # the parameters keep views of it; this is the loader's last reference
-        _set_parameter(model, name, tensor, key)
+        for key in transform.keys:
+            remaining[key] -= 1
+            if not remaining[key]:
+                del loaded[key]  # the parameters keep views of it; this is the loader's last reference
+        _set_parameter(model, name, tensor, transform.key)
     unset = [name for name, p in model.named_parameters() if p.is_meta]
     if unset:
         raise CheckpointMismatchError(f"{architecture}: no checkpoint tensor produced {', '.join(unset)}.")
@@ -259,7 +261,7 @@ def _check_sizes(checkpoint: Checkpoint, cfg: HookedTransformerConfig, adapter: 
 
 
 def _check_tensor_names(names: list[str], table: dict, adapter: Adapter, n_layers: int) -> None:
-    wanted = {t.key for t in table.values()}
+    wanted = {key for t in table.values() for key in t.keys}
     missing = sorted(wanted - set(names))
     patterns = adapter.ignored + ((adapter.left_out[0],) if adapter.left_out else ())
     ignored = re.compile("|".join(f"(?:{p})" for p in patterns) or "(?!)")

@@ -159,8 +159,7 @@ VARIANTS = {
             num_experts_per_tok=2,
             sliding_window=4,
             layer_types=["sliding_attention", "full_attention"],
-            swiglu_limit=0.1,
-            **rope_kwargs(10000.0),  # the released checkpoints' yarn is not implemented yet
+            swiglu_limit=0.1,  # rotary: GptOssConfig's own default, the released checkpoints' yarn (factor 32)
         ),
         [*ROUTER_HOOKS, "blocks.0.attn.hook_pattern"],
     ),
@@ -271,7 +270,6 @@ REFUSED = {
     "Qwen2-MoE sparse step": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(decoder_sparse_step=2), "sparse_step"),
     "OLMoE clip after the norms": ("OlmoeConfig", "OlmoeForCausalLM", dict(clip_qkv=0.5), "clip_qkv"),
     "GPT-OSS another alpha": ("GptOssConfig", "GptOssForCausalLM", dict(swiglu_alpha=1.0), "swiglu_alpha"),
-    "GPT-OSS yarn": ("GptOssConfig", "GptOssForCausalLM", {}, "rope_type='yarn'"),  # the released checkpoints'
     "GPT-OSS MXFP4": (
         "GptOssConfig",
         "GptOssForCausalLM",

@@ -334,3 +334,29 @@ def test_cfg_device_and_dtype_follow_the_weights():
     model.to(torch.bfloat16)
     assert model.cfg.dtype == torch.bfloat16 and model.cfg.device == "cpu"
     assert model.cfg == small_model().cfg  # device and dtype are not architecture: configs still compare equal
+
+
+def test_the_inverse_layer_scale_needs_no_mapping_for_transformerlens(tmp_path):
+    """TransformerLens's config names GPT-2's scale_attn_by_inverse_layer_idx as transformers and hooked do,
+    with the same meaning (its attention multiplies attn_scale by layer_id + 1): a TransformerLens dict that
+    sets it builds layers whose scores are q.k / (sqrt(d_head) * (layer + 1)), and hooked.compat's
+    convert_hf_model_config reports it for a checkpoint that sets it."""
+    from conftest import save_tiny
+    from transformers import GPT2Config
+
+    import hooked.compat
+
+    model = small_model(scale_attn_by_inverse_layer_idx=True)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.randint(0, 50, (1, 6)))
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    for layer in range(model.cfg.n_layers):
+        q, k = cache["q", layer], cache["k", layer]  # shortformer: no rotary, so these are what is compared
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / (math.sqrt(8) * (layer + 1))
+        got = cache["attn_scores", layer]
+        assert_close(got[..., causal], scores[..., causal], "resid", label=f"layer {layer}'s scores")
+    gpt2 = GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=16, scale_attn_by_inverse_layer_idx=True
+    )
+    save_tiny(gpt2, tmp_path)
+    assert hooked.compat.convert_hf_model_config(str(tmp_path))["scale_attn_by_inverse_layer_idx"] is True

@@ -56,6 +56,15 @@ Part = tuple[list[str], Tensor]  # labels and a [component, *batch, pos, d_model
 # ---- layers, residuals and norms ---------------------------------------------------------------
 
 
+def _refuse_renormalized_stream(cache: ActivationCache, what: str) -> None:
+    if cache.model.cfg.block_norms == "post_residual":
+        raise NotImplementedError(
+            f"{what}: this model's blocks are post-LN (block_norms='post_residual', OPT-350m), which renormalize "
+            "each residual sum, so the stream is no sum of embeddings and sublayer outputs. The streams "
+            "themselves (accumulated_resid, logit_lens) and each sublayer's and head's output are exact."
+        )
+
+
 def _resid_layer(cache: ActivationCache, layer: int | None, mlp_input: bool = False) -> int:
     """A residual-stream index in 0..n_layers (see the module docstring)."""
     n_layers = cache.model.cfg.n_layers
@@ -210,6 +219,7 @@ def decompose_resid(
     layer output."""
     if mode not in ("all", "mlp", "attn"):
         raise ValueError(f"mode must be 'all', 'mlp' or 'attn', got {mode!r}.")
+    _refuse_renormalized_stream(cache, "decompose_resid")
     layer = _resid_layer(cache, layer, mlp_input)
     parts = _embed_parts(cache, pos_slice) if incl_embeds else []
     for l in range(layer + 1 if _reads_own_attention(cache, mlp_input) else layer):
@@ -357,6 +367,7 @@ def get_full_resid_decomposition(
     "pos_embed", then "bias" (the b_O, and b_out when neurons are expanded, that no other entry
     holds; through post-norms, what they write, and the post-norms' biases). Sums to the residual
     exactly. A mixture of experts has no per-block neurons: it needs `expand_neurons=False`."""
+    _refuse_renormalized_stream(cache, "get_full_resid_decomposition")
     layer = _resid_layer(cache, layer, mlp_input)
     if expand_neurons and cache.model.cfg.num_experts:
         _refuse_experts(cache)

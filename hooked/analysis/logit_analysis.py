@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from hooked.analysis.cache_analysis import Stack, _renormalize, accumulated_resid, apply_ln_to_stack
 
@@ -72,7 +72,8 @@ def logit_lens(
     model, norm = cache.model, cache.model.ln_final
     # Computed where the cache lives (its device), with the model's weights brought there.
     w, b, b_U = (getattr(module, name, None) for module, name in ((norm, "w"), (norm, "b"), (model.unembed, "b_U")))
-    normalized = _renormalize(resid, norm)
+    # No final norm (normalization_type None; post-LN blocks, whose last block normalized): the stream as it is.
+    normalized = resid if isinstance(norm, nn.Identity) else _renormalize(resid, norm)
     normalized = normalized * w.to(resid) if w is not None else normalized
     normalized = normalized + b.to(resid) if b is not None else normalized
     logits = F.linear(normalized, model.W_U.T.to(resid), None if b_U is None else b_U.to(resid))

@@ -2,7 +2,8 @@
 
 `Block` is the pre-norm block (GPT-2, Llama). The variants are small subclasses, picked once by
 `make_block` from the config: `ParallelBlock` (GPT-J, GPT-NeoX, Phi), `SandwichBlock` (Gemma 2/3),
-`PostNormBlock` (OLMo 2) and `AttnOnlyBlock` (TransformerLens's attention-only toy models).
+`PostNormBlock` (OLMo 2), `ResidualNormBlock` (OPT-350m) and `AttnOnlyBlock` (TransformerLens's
+attention-only toy models).
 
 Every block gets its layer's `position`: the rotary (cos, sin) tables of a rotary model, the position
 embedding of a shortformer model (TransformerLens's "shortformer": added to the normalized query and
@@ -185,6 +186,32 @@ class PostNormBlock(SandwichBlock):
         self.ln2 = nn.Identity()
 
 
+class ResidualNormBlock(Block):
+    # Same as Block except: the norms follow each residual sum and renormalize the stream itself (the original
+    # Transformer's post-LN, OPT-350m). Attention reads resid_pre; resid_mid = ln1_post(resid_pre + attn_out)
+    # is what the MLP reads; resid_post = ln2_post(resid_mid + mlp_out). The stream is therefore no sum of the
+    # sublayers' outputs (the residual analyses refuse it), and the last block's ln2_post is the final norm.
+    def __init__(self, cfg: HookedTransformerConfig, layer: int) -> None:
+        super().__init__(cfg, layer)
+        self.ln1 = nn.Identity()  # no parameters and no hook points: attention reads the residual
+        self.ln2 = nn.Identity()
+        self.ln1_post = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+        self.ln2_post = make_norm(cfg.normalization_type, cfg.d_model, cfg.eps)
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        position: Position | Unset = UNSET,
+        mask: Bool[Tensor, "batch 1 query_pos key_pos"] | None | Unset = UNSET,
+        past_kv: LayerKV | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        attn_out = self.hook_attn_out(self.attend(resid_pre, position, mask, past_kv))
+        resid_mid = self.hook_resid_mid(self.ln1_post(resid_pre + attn_out))
+        mlp_out = self.hook_mlp_out(self.mlp(self.hook_mlp_in(resid_mid)))
+        return self.hook_resid_post(self.ln2_post(resid_mid + mlp_out))
+
+
 class AttnOnlyBlock(Block):
     # Same as Block except: no MLP, so no ln2, mlp, hook_resid_mid, hook_mlp_in or hook_mlp_out
     # (TransformerLens's attn_only blocks): resid_post = resid_pre + attn_out.
@@ -222,4 +249,6 @@ def make_block(cfg: HookedTransformerConfig, layer: int) -> Block:
         return SandwichBlock(cfg, layer)
     if cfg.block_norms == "post":
         return PostNormBlock(cfg, layer)
+    if cfg.block_norms == "post_residual":
+        return ResidualNormBlock(cfg, layer)
     return Block(cfg, layer)

@@ -123,5 +123,5 @@ def make_qk_norm(cfg: HookedTransformerConfig, n_heads: int) -> nn.Module:
             raise ValueError("qk_norm='per_head' is implemented for LayerNorm only (StableLM 2).")
         return PerHeadLayerNorm(n_heads, cfg.d_head, cfg.eps)
     if cfg.normalization_type == "LN":
-        return LayerNorm(cfg.d_head, cfg.eps, bias=False)
+        return LayerNorm(cfg.d_head, cfg.eps, bias=cfg.qk_norm_bias)
     return RMSNorm(cfg.d_head, cfg.eps)

@@ -10,8 +10,8 @@ Checkpoints (and live models) stack the experts as `x @ W`: `mlp.experts.gate_up
 `down_proj` [experts, d_mlp, d_model] with `down_proj_bias`. The released checkpoints keep the experts in
 MXFP4 (`quantization_config`), which is refused: dequantize them with transformers first.
 
-Released checkpoints rotate with yarn, which the rotary settings shared by all families do not implement
-yet (refused by name); parity is tested with the default rotary.
+Released checkpoints rotate with yarn (factor 32 over an original 4096 positions), read by the rotary
+settings all families share; parity is tested with it and with the default rotary.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Llama and its close relatives Mistral and Qwen2 (Hugging Face `modeling_llama.py` and siblings):
-RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP."""
+RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP; Mistral's sliding window on every
+layer, Qwen2's (with use_sliding_window) on the layers from max_window_layers on."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from hooked.loading.transforms import Copy, Heads, Transpose
 ACTS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
 
-def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
-    """`theta`: the family's rotary base where a config gives none (transformers' default)."""
+def llama_config(hf: dict[str, Any], theta: float = 10000.0, **rotary: Any) -> dict[str, Any]:
+    """`theta`: the family's rotary base where a config gives none (transformers' default); `rotary`:
+    `rotary_fields`'s other arguments (the scalings a family accepts)."""
     fields = sizes(hf)
     d_head = fields["d_head"]
     return {
@@ -22,7 +24,7 @@ def llama_config(hf: dict[str, Any], theta: float = 10000.0) -> dict[str, Any]:
         "gated_mlp": True,
         "normalization_type": "RMS",
         "eps": hf["rms_norm_eps"],
-        **rotary_fields(hf, d_head, theta),
+        **rotary_fields(hf, d_head, theta, **rotary),
         "attn_qkv_bias": bool(hf.get("attention_bias", False)),
         "attn_out_bias": bool(hf.get("attention_bias", False)),
         "mlp_bias": bool(hf.get("mlp_bias", False)),
@@ -47,10 +49,9 @@ def qwen_attn_types(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def qwen2_config(hf: dict[str, Any]) -> dict[str, Any]:
-    if qwen_attn_types(hf)["attn_types"] is not None:  # some layer has a window: not implemented for Qwen2
-        require(hf, "use_sliding_window", (False, None))
     # Qwen2 hard-codes biases on q/k/v and none on the output projection or the MLP.
-    return {**llama_config(hf), "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
+    fields = {**llama_config(hf), **qwen_attn_types(hf)}
+    return {**fields, "attn_qkv_bias": True, "attn_out_bias": False, "mlp_bias": False}
 
 
 def llama_weights(cfg: HookedTransformerConfig) -> WeightTable:

@@ -1,6 +1,7 @@
 """Phi-1, Phi-1.5 and Phi-2 (Hugging Face `modeling_phi.py`): LayerNorm, partial rotary, biases
 everywhere (the unembedding too), a dense GELU MLP, and attention and MLP in parallel reading one
-norm (loaded as both ln1 and ln2)."""
+norm (loaded as both ln1 and ln2). With `qk_layernorm`, each head's queries and keys pass a LayerNorm
+(weight and bias shared by the heads) before rotary."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ ACTS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
 
 
 def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
-    require(hf, "qk_layernorm", (False,), default=False)
+    qk_layernorm = bool(require(hf, "qk_layernorm", (False, True), default=False))
     fields = sizes(hf)
     d_head = fields["d_head"]
     return {
@@ -26,6 +27,8 @@ def phi_config(hf: dict[str, Any]) -> dict[str, Any]:
         "parallel_attn_mlp": True,
         "unembed_bias": True,
         "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "qk_norm": "shared" if qk_layernorm else None,
+        "qk_norm_bias": qk_layernorm,
     }
 
 
@@ -55,6 +58,10 @@ def phi_weights(cfg: HookedTransformerConfig) -> WeightTable:
     ):
         table[f"blocks.{{i}}.attn.W_{name}"] = Heads(f"{attn}.{proj}.weight", "(n h) m -> n m h", n=heads)
         table[f"blocks.{{i}}.attn.b_{name}"] = Heads(f"{attn}.{proj}.bias", "(n h) -> n h", n=heads)
+    if cfg.qk_norm is not None:
+        for name in ("q", "k"):
+            table[f"blocks.{{i}}.attn.{name}_norm.w"] = Copy(f"{attn}.{name}_layernorm.weight")
+            table[f"blocks.{{i}}.attn.{name}_norm.b"] = Copy(f"{attn}.{name}_layernorm.bias")
     return table
 
 
