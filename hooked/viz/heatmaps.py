@@ -67,7 +67,7 @@ def plot_heatmap(
     PNG to `path` when one is given.
 
     diverging: a red-white-blue scale centred on 0 (None: when any value is negative), else white to blue.
-    cell_text: optional [rows][cols] strings printed in the cells (e.g. top tokens).
+    cell_text: optional strings printed in the cells, `cell_text[row][col]` (e.g. top tokens).
     """
     from matplotlib.figure import Figure
 
