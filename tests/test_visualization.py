@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -281,3 +282,34 @@ def test_the_viewer_has_a_static_table_when_javascript_is_off():
     for token in TOKENS:
         assert f"<th>{html.escape(token)}</th>" in static
     assert static.count(">1.00</td>") == len(TOKENS) and static.count(">0.00</td>") == len(TOKENS) * (len(TOKENS) - 1)
+
+
+def test_logit_lens_table_text_contrasts_with_its_cell_and_shows_leading_spaces():
+    probs = np.array([[1.0, 0.0], [0.05, 0.95]])  # the darkest and the lightest cells of the scale
+    fig = viz.plot_logit_lens_table(probs, [[" Paris", "\n"], ["the", "  x"]], tokens=[" The", "$a$"])
+    ax = fig.axes[0]
+    cells = {text.get_text(): text.get_color() for text in ax.texts}
+    assert cells == {"\u2423Paris": "white", "\\n": "black", "the": "black", "\u2423\u2423x": "white"}
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["\u2423The 0", r"\$a\$ 1"]
+
+
+def test_interactive_heatmaps_are_plotly_figures_with_the_same_numbers(tmp_path):
+    pytest.importorskip("plotly")
+    values = torch.randn(3, 4)
+    fig = viz.plot_layer_head_grid(values, tmp_path / "heads.html", title="scores", interactive=True)
+    (heatmap,) = fig.data
+    np.testing.assert_allclose(np.array(heatmap.z), values.numpy(), rtol=1e-6)
+    assert heatmap.zmin == -heatmap.zmax == -float(values.abs().max())  # diverging, centred on 0
+    assert list(fig.layout.yaxis.ticktext) == ["0", "1", "2"] and fig.layout.xaxis.title.text == "head"
+    assert (tmp_path / "heads.html").read_text().lower().startswith("<!doctype html>")
+    lens = viz.plot_logit_lens_table(torch.rand(2, 2), [[" a", "b"], ["c", " d"]], tokens=[" x", "y"], interactive=True)
+    assert [list(row) for row in lens.data[0].text] == [["\u2423a", "b"], ["c", "\u2423d"]]
+    assert list(lens.layout.xaxis.ticktext) == ["\u2423x 0", "y 1"]
+    assert lens.data[0].customdata[1][0][2] == "c"  # hovering a cell shows its token
+
+
+def test_interactive_without_plotly_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    with pytest.raises(ImportError, match=r"hooked-transformer\[plotly\]"):
+        viz.plot_heatmap(np.eye(2), interactive=True)

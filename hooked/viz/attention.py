@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hooked.viz.heatmaps import _check_labels, _to_numpy
+from hooked.viz.heatmaps import _check_labels, _to_numpy, visible_token
 
 __all__ = ["AttentionView", "attention_heads", "attention_html", "attention_patterns"]
 
@@ -172,13 +172,6 @@ _JS = """
   paint();
 })();
 """
-
-
-def visible_token(token: str) -> str:
-    """A token as a label: leading spaces as "␣" (so " Paris" reads "␣Paris"), a newline as "\\n"."""
-    text = token.replace("\n", "\\n").replace("\t", "\\t")
-    stripped = text.lstrip(" ")
-    return "\u2423" * (len(text) - len(stripped)) + stripped
 
 
 def _token_row(tokens: list[str], css_class: str, label: str) -> str:
