@@ -321,12 +321,8 @@ class HookedTransformer(
         it reproducible. Rows stop at EOS (`stop_at_eos`, `eos_token_id`), and generation stops, with a warning,
         where the sequence fills n_ctx. Returns prompt + continuation as the input's type (`return_type`), and
         with `return_cache=True` also the activations of every returned position (see `hooked.generation`).
-
-        What hooks see: on the key-value cache (`use_past_kv_cache=True`, the default) the first pass covers the
-        prompt and each later pass only the newest token: [batch, 1, ...], or [batch, n_heads, 1, keys so far]
-        for `hook_pattern` / `hook_attn_scores`. That token's absolute position (prompt padding included) is the
-        number of keys before it, `pattern.shape[-1] - 1`. With `use_past_kv_cache=False` every step reruns the
-        whole sequence, so hooks see every position each time."""
+        On the key-value cache hooks see the prompt, then one position per step ([batch, 1, ...]); its absolute
+        position is `pattern.shape[-1] - 1` at `hook_pattern` (the rule: `hooked.generation.generate`)."""
         return generate(
             self, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p, temperature,
             freq_penalty, use_past_kv_cache, prepend_bos, padding_side, return_type, verbose, seed, attention_mask,
@@ -371,10 +367,9 @@ class HookedTransformer(
         context, `first_n_layers` keeps only the first layers; `revision` picks a hub revision;
         `trust_remote_code` lets transformers run a folder's custom tokenizer/config code. BOS is prepended by
         default unless the checkpoint's tokenizer says it adds none (`default_prepend_bos` overrides);
-        `default_padding_side` is where batches of strings are padded. `progress`: a bar while the weights load;
-        None (the default) shows it only where a person watches (a notebook, a terminal), True/False force it.
-        TransformerLens's spellings are accepted in `kwargs`: `model_name=`, `torch_dtype=`, `move_to_device=`,
-        `n_devices=1`."""
+        `default_padding_side` is where batches of strings are padded. `progress`: a bar while the weights load
+        (None: only in a notebook or on a terminal). TransformerLens's spellings are accepted in `kwargs`:
+        `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`."""
         return load_pretrained(
             cls, name_or_path, dtype=dtype, device=device, tokenizer=tokenizer, hf_model=hf_model, fold_ln=fold_ln,
             center_writing_weights=center_writing_weights, center_unembed=center_unembed,
