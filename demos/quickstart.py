@@ -72,27 +72,30 @@ def ablation_hooks(heads: list[tuple[int, int]]):
     return [(f"blocks.{layer}.attn.hook_z", zero_heads) for layer in sorted({layer for layer, _ in heads})]
 
 
-def plot_patterns(model: HookedTransformer, tokens: torch.Tensor, layer: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_patterns(model: HookedTransformer, tokens: torch.Tensor, layer: int, path: Path | None = None):
+    """One layer's heads side by side (query position down, key position across), one shared colour scale."""
+    from matplotlib.figure import Figure
 
     _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_pattern")
     pattern = cache["pattern", layer][0].float().cpu().numpy()
     n_heads = pattern.shape[0]
     cols = min(n_heads, 3)
     rows = -(-n_heads // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols + 1, 4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for head, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if head < n_heads:
-            ax.imshow(pattern[head], cmap="Blues", vmin=0, vmax=1)
-            ax.set_title(f"L{layer}H{head}")
+        if head >= n_heads:
+            ax.axis("off")
+            continue
+        image = ax.imshow(pattern[head], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"L{layer}H{head}")
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    fig.colorbar(image, ax=axes, label="attention weight", fraction=0.03)
     fig.suptitle(f"Layer {layer} attention on a repeated random sequence (query down, key across)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig
 
 
 @torch.no_grad()

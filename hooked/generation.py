@@ -166,11 +166,14 @@ def generate(
 
     `return_cache=True` returns (output, cache): the activations (those `names_filter` selects) at every
     position of the returned tokens, [batch, prompt + new tokens, ...], from one forward pass over the
-    whole sequence once it is generated, with the hooks that were active during generation. (During
-    generation itself, on the key-value cache, each step's hooks see only the new position: [batch, 1, ...]
-    for most points, [batch, n_heads, 1, keys so far] for patterns; its absolute position is the number of
-    tokens before it, prompt padding included. The exception is the step that takes a LongRoPE model past
-    its original context: as in transformers, it computes every position again.)"""
+    whole sequence once it is generated, with the hooks that were active during generation.
+
+    The rule for hooks during generation: on the key-value cache (the default) the first forward pass
+    covers the prompt, and each later pass only the token just chosen, so a hook sees [batch, 1, ...]
+    ([batch, n_heads, 1, keys so far] at `hook_pattern` and `hook_attn_scores`). That token's absolute
+    position is the number of tokens before it, prompt padding included: `pattern.shape[-1] - 1` in a
+    pattern hook. With `use_past_kv_cache=False` each step reruns the whole sequence, every position; so
+    does, as in transformers, the step that takes a LongRoPE model past its original context."""
     _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(

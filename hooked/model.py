@@ -320,7 +320,9 @@ class HookedTransformer(
         `top_p`, `freq_penalty` and `repetition_penalty` shape the sampling (see `hooked.sampling`), `seed` makes
         it reproducible. Rows stop at EOS (`stop_at_eos`, `eos_token_id`), and generation stops, with a warning,
         where the sequence fills n_ctx. Returns prompt + continuation as the input's type (`return_type`), and
-        with `return_cache=True` also the activations of every returned position (see `hooked.generation`)."""
+        with `return_cache=True` also the activations of every returned position (see `hooked.generation`).
+        On the key-value cache hooks see the prompt, then one position per step ([batch, 1, ...]); its absolute
+        position is `pattern.shape[-1] - 1` at `hook_pattern` (the rule: `hooked.generation.generate`)."""
         return generate(
             self, input, max_new_tokens, stop_at_eos, eos_token_id, do_sample, top_k, top_p, temperature,
             freq_penalty, use_past_kv_cache, prepend_bos, padding_side, return_type, verbose, seed, attention_mask,
@@ -353,6 +355,7 @@ class HookedTransformer(
         trust_remote_code: bool = False,
         default_prepend_bos: bool | None = None,
         default_padding_side: tokenization.PaddingSide = "right",
+        progress: bool | None = None,
         **kwargs,
     ) -> HookedTransformer:
         """Load a checkpoint as this class: a hub id or TransformerLens short name, a local folder, a `.gguf`
@@ -364,14 +367,16 @@ class HookedTransformer(
         context, `first_n_layers` keeps only the first layers; `revision` picks a hub revision;
         `trust_remote_code` lets transformers run a folder's custom tokenizer/config code. BOS is prepended by
         default unless the checkpoint's tokenizer says it adds none (`default_prepend_bos` overrides);
-        `default_padding_side` is where batches of strings are padded. TransformerLens's spellings are accepted
-        in `kwargs`: `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`."""
+        `default_padding_side` is where batches of strings are padded. `progress`: a bar while the weights load
+        (None: only in a notebook or on a terminal). TransformerLens's spellings are accepted in `kwargs`:
+        `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`."""
         return load_pretrained(
             cls, name_or_path, dtype=dtype, device=device, tokenizer=tokenizer, hf_model=hf_model, fold_ln=fold_ln,
             center_writing_weights=center_writing_weights, center_unembed=center_unembed,
             fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
             n_ctx=n_ctx, first_n_layers=first_n_layers, revision=revision, trust_remote_code=trust_remote_code,
-            default_prepend_bos=default_prepend_bos, default_padding_side=default_padding_side, **kwargs,
+            default_prepend_bos=default_prepend_bos, default_padding_side=default_padding_side, progress=progress,
+            **kwargs,
         )  # fmt: skip
 
     @classmethod

@@ -152,8 +152,11 @@ def build(
     device: torch.device = torch.device("cpu"),
     n_ctx: int | None = None,
     first_n_layers: int | None = None,
+    progress: bool | None = None,
 ) -> M:
-    """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor."""
+    """Convert a checkpoint into a `cls(cfg)` (a HookedTransformer or subclass), accounting for every tensor.
+
+    `progress`: a bar over the tensors (None: only where a person watches, see `hooked.progress`)."""
     architecture, adapter = adapter_for(hf_config)
     cfg = model_config(hf_config, dtype, device, n_ctx, first_n_layers)
     checkpoint = _with_prefix(_renamed(checkpoint, adapter), adapter)
@@ -178,8 +181,9 @@ def build(
         model = cls(cfg)
     remaining = Counter(key for t, _ in table.values() for key in t.keys)
     loaded: dict[str, torch.Tensor] = {}
-    # A bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
-    for name, (transform, factor) in progress_bar(table.items(), desc="Loading weights", unit="tensor", leave=False):
+    # By default a bar only where someone watches (a terminal, a notebook), so logs and tests stay clean.
+    bar = progress_bar(table.items(), progress=progress, desc="Loading weights", unit="tensor", leave=False)
+    for name, (transform, factor) in bar:
         for key in transform.keys:
             if key not in loaded:
                 loaded[key] = checkpoint.get(key).to(device=device, dtype=dtype)

@@ -48,13 +48,15 @@ def load_pretrained(
     first_n_layers: int | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    progress: bool | None = None,
     **kwargs: Any,
 ) -> M:
     """`cls.from_pretrained`: a `cls` built from the checkpoint `name_or_path` names (see `resolve`) or from
     `hf_model`, with its tokenizer; weight processing only where a flag asks for it.
 
     `trust_remote_code=True` lets transformers run the custom tokenizer or config code a checkpoint folder
-    names (`auto_map`); off by default, where such a folder is refused with an error saying so."""
+    names (`auto_map`); off by default, where such a folder is refused with an error saying so. `progress`:
+    a bar over the weights as they convert; None shows it only in a notebook or on a terminal."""
     processing = {flag: kwargs.pop(flag) for flag in PROCESSING_FLAGS if flag in kwargs}
     if "torch_dtype" in kwargs:  # transformers' older name, used in many notebooks
         dtype = kwargs.pop("torch_dtype")
@@ -95,7 +97,14 @@ def load_pretrained(
         hf_config = read_config(folder, trust_remote_code, checkpoint.names())
     try:
         model = build(
-            cls, hf_config, checkpoint, dtype=dtype, device=device, n_ctx=n_ctx, first_n_layers=first_n_layers
+            cls,
+            hf_config,
+            checkpoint,
+            dtype=dtype,
+            device=device,
+            n_ctx=n_ctx,
+            first_n_layers=first_n_layers,
+            progress=progress,
         )
     finally:
         checkpoint.close()

@@ -253,3 +253,17 @@ def test_head_ablation_demo(tmp_path):
     assert result["effects"][layer, head].item() > 0.05
     assert result["effects"].abs().median().item() < 0.05  # most heads matter little on their own
     assert result["files"][0].read_bytes().startswith(b"\x89PNG")
+
+
+def test_quickstart_pattern_grid_has_labelled_axes_and_a_colorbar(tiny_model, tmp_path):
+    import quickstart
+
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (1, 12))
+    fig = quickstart.plot_patterns(tiny_model, tokens, 1, tmp_path / "attention.png")
+    n_heads = tiny_model.cfg.n_heads
+    heads = [ax for ax in fig.axes if ax.get_title().startswith("L1H")]
+    assert [ax.get_title() for ax in heads] == [f"L1H{h}" for h in range(n_heads)]
+    assert all(ax.get_xlabel() == "key position" and ax.get_ylabel() == "query position" for ax in heads)
+    (colorbar,) = [ax for ax in fig.axes if ax.get_ylabel() == "attention weight"]
+    assert colorbar.get_ylim() == (0.0, 1.0)
+    assert (tmp_path / "attention.png").read_bytes().startswith(b"\x89PNG")

@@ -199,3 +199,27 @@ def test_return_cache_holds_every_position_as_generation_saw_it(model):
         names_filter="blocks.0.hook_resid_pre",
     )[1]
     assert list(only) == ["blocks.0.hook_resid_pre"]
+
+
+@pytest.mark.parametrize("use_past_kv_cache", [True, False], ids=["kv-cache", "no-cache"])
+def test_hooks_see_one_position_per_step_on_the_kv_cache(model, use_past_kv_cache):
+    """The documented rule (generate's docstring): the prompt once, then one position per step, whose absolute
+    position (left padding included) is the pattern's key count minus one; without the cache, everything."""
+    seen = {"resid": [], "pattern": []}
+    hooks = [
+        ("blocks.0.hook_resid_pre", lambda act, hook: seen["resid"].append(act.shape[1])),
+        ("blocks.1.attn.hook_pattern", lambda act, hook: seen["pattern"].append(tuple(act.shape[2:]))),
+    ]
+    prompt = model.to_tokens(["the cat sat on the", "hello"], padding_side="left")  # row 1 is left-padded
+    n = prompt.shape[1]
+    with model.hooks(fwd_hooks=hooks):
+        model.generate(
+            prompt, max_new_tokens=4, do_sample=False, stop_at_eos=False, use_past_kv_cache=use_past_kv_cache
+        )
+    # 4 tokens are chosen after 4 passes: the prompt, then the first 3 new tokens.
+    if use_past_kv_cache:
+        assert seen["resid"] == [n, 1, 1, 1]
+        assert seen["pattern"] == [(n, n), (1, n + 1), (1, n + 2), (1, n + 3)]
+    else:
+        assert seen["resid"] == [n, n + 1, n + 2, n + 3]
+        assert seen["pattern"] == [(p, p) for p in range(n, n + 4)]

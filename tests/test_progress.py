@@ -62,3 +62,26 @@ def test_importing_patching_in_a_notebook_prints_no_warning():
         [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok" and "IProgress" not in result.stderr, result.stderr
+
+
+def test_from_pretrained_shows_a_loading_bar_only_when_asked(tmp_path, capsys):
+    import torch
+    from conftest import save_tiny
+    from transformers import LlamaConfig
+
+    from hooked import HookedTransformer
+
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, vocab_size=64
+    )
+    save_tiny(config, tmp_path)
+    tokens = torch.randint(0, 64, (1, 5))
+    quiet = HookedTransformer.from_pretrained(tmp_path)  # default: nobody watches pytest's captured stderr
+    assert "Loading weights" not in capsys.readouterr().err
+    shown = HookedTransformer.from_pretrained(tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "Loading weights" in err and "tensor" in err
+    HookedTransformer.from_pretrained(tmp_path, progress=False)
+    assert capsys.readouterr().err == ""
+    with torch.no_grad():
+        assert torch.equal(quiet(tokens), shown(tokens))

@@ -1,8 +1,9 @@
 """An attention viewer in one HTML file, with no JavaScript toolchain.
 
-The viewer plays the part CircuitsVis's `attention_patterns` played in TransformerLens
-notebooks: tokens, a head selector, and on hovering a token, the attention it gives (as the query)
-and receives (as a key). It is one self-contained HTML document (inline CSS and JS, no network, no
+The viewer plays the part CircuitsVis's `attention_patterns` and `attention_heads` played in
+TransformerLens notebooks: a grid of every head's pattern (small multiples, each labelled with its head
+and with the tokens along both axes), the chosen head large, and on hovering a token, the attention it
+gives (as the query) and receives (as a key). It is one self-contained HTML document (inline CSS and JS, no network, no
 external library); `AttentionView` shows the same thing inline in a Jupyter notebook.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hooked.viz.heatmaps import _check_labels, _to_numpy
+from hooked.viz.heatmaps import _check_labels, _to_numpy, visible_token
 
 __all__ = ["AttentionView", "attention_heads", "attention_html", "attention_patterns"]
 
@@ -31,17 +32,32 @@ _CSS = """
 .hv-root { font-family: system-ui, sans-serif; font-size: 14px; color: #111; max-width: 1100px; }
 .hv-root .hv-controls { margin: 4px 0 8px 0; }
 .hv-root .hv-row { margin: 6px 0; line-height: 2.1; }
-.hv-root .hv-caption { font-size: 12px; color: #555; margin-top: 8px; }
+.hv-root .hv-caption { font-size: 12px; color: #555; margin: 8px 0 4px 0; }
 .hv-root .hv-tok { display: inline-block; white-space: pre; font-family: ui-monospace, monospace;
   border: 1px solid #ddd; border-radius: 3px; padding: 0 3px; margin: 1px; cursor: default;
   text-align: center; vertical-align: top; line-height: 1.3; }
 .hv-root .hv-src .hv-tok:hover, .hv-root .hv-tok.hv-focus { outline: 2px solid #d62728; }
 .hv-root .hv-w { display: block; font-size: 10px; color: #333; min-height: 12px; }
-.hv-root canvas { border: 1px solid #ccc; margin-top: 6px; }
+.hv-root .hv-grid { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-end; }
+.hv-root .hv-panel { display: inline-block; border: 2px solid transparent; padding: 2px; }
+.hv-root .hv-grid .hv-panel { cursor: pointer; }
+.hv-root .hv-grid .hv-panel.hv-selected { border-color: #d62728; }
+.hv-root .hv-label { font-weight: bold; font-size: 12px; }
+.hv-root .hv-body { display: grid; grid-template-columns: auto auto; align-items: end; }
+.hv-root .hv-corner { font-size: 9px; color: #555; text-align: right; padding: 0 2px 2px 0; }
+.hv-root .hv-axis { display: flex; font-family: ui-monospace, monospace; line-height: 1; color: #333; }
+.hv-root .hv-keys { flex-direction: row; align-items: flex-end; }
+.hv-root .hv-queries { flex-direction: column; align-items: flex-end; }
+.hv-root .hv-lab { white-space: pre; overflow: hidden; flex: none; }
+.hv-root .hv-keys .hv-lab { writing-mode: vertical-rl; transform: rotate(180deg); max-height: 9em; }
+.hv-root .hv-queries .hv-lab { max-width: 9em; padding-right: 2px; display: flex; align-items: center; }
+.hv-root canvas { border: 1px solid #ccc; }
 """
 
 # Plain ES5: runs in any browser and in Jupyter's output cells. It reads the JSON block that follows
-# its container, so several viewers can live on one page.
+# its container, so several viewers can live on one page. Each panel is a canvas with its tokens as
+# DOM labels along both axes (query down the left, key along the top); the grid has one small panel per
+# head, the view under it the selected head, large.
 _JS = """
 (function () {
   var root = document.getElementById("%(id)s");
@@ -50,11 +66,55 @@ _JS = """
   var src = root.querySelectorAll(".hv-src .hv-tok");
   var gives = root.querySelectorAll(".hv-gives .hv-tok");
   var recv = root.querySelectorAll(".hv-recv .hv-tok");
-  var canvas = root.querySelector("canvas");
+  var grid = root.querySelector(".hv-grid"), one = root.querySelector(".hv-one");
   var status = root.querySelector(".hv-status");
-  var n = data.tokens.length, head = 0, focus = null, locked = false;
+  var n = data.tokens.length, head = 0, focus = null, locked = false, large = null, panels = [];
+  var small = Math.max(3, Math.min(10, Math.floor(160 / n))), big = Math.max(8, Math.min(24, Math.floor(480 / n)));
   function shade(w) { return "rgba(31, 119, 180, " + Math.max(0, Math.min(1, w)).toFixed(3) + ")"; }
   function ink(w) { return w > 0.55 ? "#fff" : "#111"; }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+  function axis(cls, cell) {
+    var box = el("div", "hv-axis " + cls);
+    box.style.fontSize = Math.max(5, Math.min(12, cell - 1)) + "px";
+    for (var i = 0; i < n; i++) {
+      var label = el("span", "hv-lab", data.labels[i]);
+      label.title = "position " + i + ": " + JSON.stringify(data.tokens[i]);
+      label.style[cls === "hv-keys" ? "width" : "height"] = cell + "px";
+      box.appendChild(label);
+    }
+    return box;
+  }
+  function draw(canvas, p, cell, mark) {
+    var ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    for (var q = 0; q < n; q++) {
+      for (var k = 0; k < n; k++) { ctx.fillStyle = shade(p[q][k]); ctx.fillRect(k * cell, q * cell, cell, cell); }
+    }
+    if (mark !== null) {
+      ctx.strokeStyle = "#d62728";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(0, mark * cell, canvas.width, cell);
+      ctx.strokeRect(mark * cell, 0, cell, canvas.height);
+    }
+  }
+  function panel(h, cell) {
+    var box = el("div", "hv-panel"), body = el("div", "hv-body"), canvas = el("canvas");
+    box.setAttribute("data-head", String(h));
+    box.appendChild(el("div", "hv-label", data.heads[h]));
+    body.appendChild(el("span", "hv-corner", "query \\u2193 key \\u2192"));
+    body.appendChild(axis("hv-keys", cell));
+    body.appendChild(axis("hv-queries", cell));
+    canvas.width = canvas.height = n * cell;
+    body.appendChild(canvas);
+    box.appendChild(body);
+    draw(canvas, data.patterns[h], cell, null);
+    return { box: box, canvas: canvas };
+  }
   function fill(cells, weights) {
     for (var i = 0; i < cells.length; i++) {
       var w = weights === null ? null : weights[i];
@@ -64,31 +124,38 @@ _JS = """
       cells[i].classList.toggle("hv-focus", i === focus);
     }
   }
-  function draw(p) {
-    var ctx = canvas.getContext("2d"), size = canvas.width / n;
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
-    for (var q = 0; q < n; q++) {
-      for (var k = 0; k < n; k++) {
-        ctx.fillStyle = shade(p[q][k]);
-        ctx.fillRect(k * size, q * size, size, size);
-      }
-    }
-    if (focus !== null) {
-      ctx.strokeStyle = "#d62728";
-      ctx.lineWidth = 2;
-      ctx.strokeRect(0, focus * size, canvas.width, size);
-      ctx.strokeRect(focus * size, 0, size, canvas.height);
-    }
-  }
   function paint() {
     var p = data.patterns[head], col = [];
     if (focus !== null) { for (var q = 0; q < n; q++) { col.push(p[q][focus]); } }
     fill(src, null);
     fill(gives, focus === null ? null : p[focus]);
     fill(recv, focus === null ? null : col);
-    draw(p);
+    for (var h = 0; h < panels.length; h++) { panels[h].box.classList.toggle("hv-selected", h === head); }
+    if (large === null || large.head !== head) {
+      one.innerHTML = "";
+      large = panel(head, big);
+      large.head = head;
+      large.canvas.addEventListener("mousemove", function (event) {
+        var q = Math.floor(event.offsetY / big), k = Math.floor(event.offsetX / big);
+        if (q >= 0 && q < n && k >= 0 && k < n) {
+          status.textContent = data.heads[head] + ": query " + q + " " + JSON.stringify(data.tokens[q]) +
+            " gives key " + k + " " + JSON.stringify(data.tokens[k]) + " " + data.patterns[head][q][k].toFixed(3);
+        }
+      });
+      one.appendChild(large.box);
+    }
+    draw(large.canvas, p, big, focus);
     status.textContent = data.heads[head] + (focus === null ? ": hover a token" :
       ": token " + focus + (locked ? " (locked; click it again to unlock)" : " (click to lock)"));
+  }
+  for (var h = 0; h < data.heads.length; h++) {
+    panels.push(panel(h, small));
+    (function (chosen) {
+      panels[chosen].box.addEventListener("click", function () {
+        head = chosen; select.value = String(chosen); paint();
+      });
+    })(h);
+    grid.appendChild(panels[h].box);
   }
   for (var i = 0; i < src.length; i++) {
     (function (pos) {
@@ -171,7 +238,12 @@ class AttentionView:
         self.title = title
 
     def _data(self) -> dict:
-        return {"tokens": self.tokens, "heads": self.head_names, "patterns": np.round(self.pattern, 4).tolist()}
+        return {
+            "tokens": self.tokens,
+            "labels": [visible_token(token) for token in self.tokens],
+            "heads": self.head_names,
+            "patterns": np.round(self.pattern, 4).tolist(),
+        }
 
     def fragment(self) -> str:
         """The viewer as an HTML fragment (a div with its style and script), for embedding in a page."""
@@ -179,17 +251,17 @@ class AttentionView:
         digest = hashlib.sha1(json.dumps(data).encode()).hexdigest()[:8]
         view_id = f"hv{next(_view_ids)}-{digest}"
         options = "".join(f'<option value="{h}">{html.escape(name)}</option>' for h, name in enumerate(self.head_names))
-        canvas_size = max(120, min(480, 14 * len(self.tokens)))
         return (
             f'<div class="hv-root" id="{view_id}"><style>{_CSS}</style>'
             f"<div><b>{html.escape(self.title)}</b></div>"
+            '<div class="hv-caption">Every head (query down, key across; click one to choose it):</div>'
+            '<div class="hv-grid"></div>'
             f'<div class="hv-controls"><label>Head <select>{options}</select></label> '
             f'<span class="hv-status"></span></div>'
+            '<div class="hv-one"></div>'
             + _token_row(self.tokens, "hv-src", "Tokens (hover one; click to lock):")
             + _token_row(self.tokens, "hv-gives", "Attention it gives (it is the query; weights over keys):")
             + _token_row(self.tokens, "hv-recv", "Attention it receives (it is the key; weight from each query):")
-            + f'<canvas width="{canvas_size}" height="{canvas_size}"></canvas>'
-            '<div class="hv-caption">Whole pattern of the selected head: query down, key across.</div>'
             + self._static_table()
             + f'<script type="application/json" id="{view_id}-data">{_json_for_script(data)}</script>'
             f"<script>{_JS % {'id': view_id}}</script></div>"
