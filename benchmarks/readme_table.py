@@ -66,8 +66,8 @@ def compare_table(results: dict) -> list[str]:
         rates = [results[model][f"generate_b{b}_tokens_per_s"] for b in (1, 8)]
         lines.append("")
         lines.append(
-            f"{MODEL_NAMES[model]} generation, tokens/s ours / transformers: batch 1 {rates[0]['hooked']:.0f} / "
-            f"{rates[0]['reference']:.0f}, batch 8 {rates[1]['hooked']:.0f} / {rates[1]['reference']:.0f}."
+            f"{MODEL_NAMES[model]} generation, tokens/s ours / transformers: batch 1 {rates[0]['hooked']:.1f} / "
+            f"{rates[0]['reference']:.1f}, batch 8 {rates[1]['hooked']:.1f} / {rates[1]['reference']:.1f}."
         )
     return lines
 
