@@ -109,7 +109,7 @@ def generate_stream(
             logits = model(tokens, attention_mask=mask, logits_to_keep=1)
         history = tokens.masked_fill(mask == 0, -1)  # padding never counts towards freq_penalty
         next_tokens = sample_logits(
-            logits[:, -1],
+            logits[:, -1].to(tokens.device),  # (a device map may put the unembedding on another device)
             top_k=top_k,
             top_p=top_p,
             temperature=temperature if do_sample else 0.0,

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 from torch.utils.hooks import RemovableHandle
 
 from hooked.cache_mapping import CacheMapping
@@ -67,6 +68,20 @@ class HookPoint(nn.Module):
         return bool(self._backward_hooks or self._backward_pre_hooks)
 
     def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def __call__(self, x: Tensor) -> Tensor:
+        # A point nothing listens at returns its input without nn.Module's call machinery: a model has ~25
+        # points per block, and in one-token decoding steps that machinery was a measurable share of a step.
+        if (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+            or self._compiled_call_impl is not None
+            or _global_module_hooks()
+        ):
+            return super().__call__(x)
         return x
 
     def layer(self) -> int:
@@ -212,6 +227,18 @@ class HookQuery:
         return repr(bool(self))
 
 
+def _global_module_hooks() -> bool:
+    """Whether hooks registered for every module (`torch.nn.modules.module.register_module_forward_hook` and
+    kin) exist; they must see hook points too, so a point then takes nn.Module's full call path."""
+    m = _torch_module
+    return bool(
+        m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    )
+
+
 def is_hook_point(module: nn.Module) -> bool:
     """A HookPoint, ours or another library's of the same interface (TransformerLens's, as SAELens puts back)."""
     if isinstance(module, HookPoint):
@@ -224,8 +251,9 @@ def is_hook_point(module: nn.Module) -> bool:
 def listening(point: nn.Module) -> bool:
     """Whether anything at a hook's place wants its activation: a HookPoint with hooks attached, or any other
     module put in its place (an SAE wrapper, say). Components skip the work of an unwanted activation."""
-    if isinstance(point, HookPoint):
-        return bool(point.has_hooks)
+    if isinstance(point, HookPoint):  # has_hooks, without building its HookQuery (called per point per run)
+        p = point
+        return bool(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks)
     return True
 
 
@@ -366,16 +394,21 @@ class HookedRootModule(CachingMixin, nn.Module):
         self._enter_hook_context()
         level = getattr(self, "_last_hook_level", 0) + 1
         self._last_hook_level = level
+        touched: dict[int, HookPoint] = {}  # the points this call hooked: only they need visiting at the end
         try:
-            for name, fn in fwd_hooks:
-                self.add_hook(name, fn, dir="fwd", level=level)
-            for name, fn in bwd_hooks:
-                self.add_hook(name, fn, dir="bwd", level=level)
+            for pairs, dir in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
+                for name, fn in pairs:
+                    for point in self._matching(name):
+                        touched[id(point)] = point
+                        point.add_hook(fn, dir=dir, level=level)
             yield self
         finally:
             try:
-                if reset_hooks_end:
-                    self.reset_hooks(clear_contexts=clear_contexts, level=level)
+                if reset_hooks_end and clear_contexts:
+                    self.reset_hooks(clear_contexts=True, level=level)
+                elif reset_hooks_end:
+                    for point in touched.values():
+                        point.remove_hooks("both", level=level)
             finally:
                 self._leave_hook_context()
 

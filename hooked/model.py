@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked import processing, tokenization
+from hooked import placement, processing, tokenization
 from hooked.analysis import linearize
 from hooked.analysis.activation_cache import ActivationCache
 from hooked.analysis.losses import lm_cross_entropy_loss
@@ -41,6 +41,7 @@ class HookedTransformer(
     tokenization.TokenMethods, DictionaryMethods, TransformerLensMethods, WeightsMixin, HookedRootModule
 ):
     cache_class = ActivationCache  # what run_with_cache returns (HookedRootModule's is a plain CacheMapping)
+    layer_devices: tuple[torch.device, ...] | None = None  # each block's device, then the output's (placement.py)
 
     def __init__(
         self,
@@ -100,6 +101,8 @@ class HookedTransformer(
         # Every .to() / .half() / .cuda() ends here: cfg.device and cfg.dtype (TransformerLens code reads
         # them, e.g. torch.tensor(..., device=model.cfg.device)) follow the weights.
         result = super()._apply(fn, recurse)
+        if self.layer_devices is not None:  # placed by a device map: follow where the blocks now are
+            self.__dict__["layer_devices"] = placement.observed_devices(self)
         if self.embed.W_E.device.type != "meta":
             self.cfg = self.cfg.replace(device=str(self.device), dtype=self.dtype)
         return result
@@ -166,7 +169,7 @@ class HookedTransformer(
         if past_kv_cache is not None:
             if start_at_layer or stop_at_layer is not None:
                 raise ValueError("past_kv_cache runs the whole model; it cannot be combined with start/stop_at_layer.")
-            past_kv_cache.check_fits(self.cfg, self.dtype, self.device)
+            past_kv_cache.check_fits(self.cfg, self.dtype, (self.layer_devices or (self.device,))[0])
         # A run that raises part-way must not leave some layers' keys appended to the cache.
         with past_kv_cache.rollback_on_error() if past_kv_cache is not None else contextlib.nullcontext():
             if start_at_layer is None:
@@ -179,9 +182,14 @@ class HookedTransformer(
             for layer in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:
                 past_kv = past_kv_cache.layers[layer] if past_kv_cache is not None else None
                 kind = self.cfg.layer_attn_type(layer)
-                residual = self.blocks[layer](residual, rotaries[kind], masks[kind], past_kv)
+                position, mask = rotaries[kind], masks[kind]
+                if self.layer_devices is not None:  # placed by a device map: the block's inputs go to its device
+                    residual, position, mask = placement.to_device(self.layer_devices[layer], residual, position, mask)
+                residual = self.blocks[layer](residual, position, mask, past_kv)
         if stop_at_layer is not None:
             return residual
+        if self.layer_devices is not None:
+            residual = placement.move_tensor(residual, self.layer_devices[-1])
         if logits_to_keep:
             if return_type in ("loss", "both"):
                 raise ValueError("logits_to_keep computes only some logits, so it cannot give a loss.")
@@ -356,6 +364,8 @@ class HookedTransformer(
         default_prepend_bos: bool | None = None,
         default_padding_side: tokenization.PaddingSide = "right",
         progress: bool | None = None,
+        device_map: placement.DeviceMap | None = None,
+        max_memory: dict | None = None,
         **kwargs,
     ) -> HookedTransformer:
         """Load a checkpoint as this class: a hub id or TransformerLens short name, a local folder, a `.gguf`
@@ -369,8 +379,12 @@ class HookedTransformer(
         default unless the checkpoint's tokenizer says it adds none (`default_prepend_bos` overrides);
         `default_padding_side` is where batches of strings are padded. `progress`: a bar while the weights load
         (None: only in a notebook or on a terminal). TransformerLens's spellings are accepted in `kwargs`:
-        `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`."""
-        return load_pretrained(
+        `model_name=`, `torch_dtype=`, `move_to_device=`, `n_devices=1`. `device_map` ("auto" or a dict, with
+        accelerate's `max_memory`) spreads the layers over devices after loading on the CPU
+        (`hooked.placement`; untested on real multi-GPU machines)."""
+        if device_map is not None and device is not None:
+            raise ValueError("Pass device or device_map, not both (device_map places every layer itself).")
+        model = load_pretrained(
             cls, name_or_path, dtype=dtype, device=device, tokenizer=tokenizer, hf_model=hf_model, fold_ln=fold_ln,
             center_writing_weights=center_writing_weights, center_unembed=center_unembed,
             fold_value_biases=fold_value_biases, refactor_factored_attn_matrices=refactor_factored_attn_matrices,
@@ -378,6 +392,9 @@ class HookedTransformer(
             default_prepend_bos=default_prepend_bos, default_padding_side=default_padding_side, progress=progress,
             **kwargs,
         )  # fmt: skip
+        if device_map is not None:
+            placement.place(model, device_map, max_memory)
+        return model
 
     @classmethod
     def from_pretrained_no_processing(cls, name_or_path=None, **kwargs) -> HookedTransformer:

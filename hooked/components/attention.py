@@ -188,12 +188,20 @@ class Attention(nn.Module):
             or listening(self.hook_attn_scores)
             or listening(self.hook_pattern)
         )
-        if mask is None and (explicit or n_q != n_k):
+        # A decoding step's one query comes after all the keys and sees every key: SDPA then needs no mask,
+        # and runs several times faster than with an all-true one (the same numbers).
+        if mask is None and (explicit or n_q not in (1, n_k)):
             # Queries are the last n_q positions; SDPA's is_causal would align them with the first.
             mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
         if not explicit:
             z = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=1 / self.scale, enable_gqa=groups > 1
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None and n_q == n_k,
+                scale=1 / self.scale,
+                enable_gqa=groups > 1,
             )
             return z.transpose(1, 2)
         if groups > 1:

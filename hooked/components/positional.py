@@ -117,12 +117,11 @@ def apply_rotary(
 ) -> Float[Tensor, "batch pos n_heads d_head"]:
     """Rotate the first r dims of each head as pairs (i, i + r/2) (the GPT-NeoX/Llama layout)."""
     r = cos.shape[-1]
-    rot, rest = x[..., :r], x[..., r:]
-    first, second = rot[..., : r // 2], rot[..., r // 2 :]
-    rotated_half = torch.cat((-second, first), dim=-1)
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    rotated = rot * cos + rotated_half * sin
-    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
+    partial = r < x.shape[-1]  # (slices and unsqueezes rather than indexing: this runs twice per layer per step)
+    rot = x[..., :r] if partial else x
+    first, second = rot.split(r // 2, dim=-1)
+    rotated = rot * cos.unsqueeze(2) + torch.cat((-second, first), dim=-1) * sin.unsqueeze(2)
+    return torch.cat((rotated, x[..., r:]), dim=-1) if partial else rotated
 
 
 def apply_rotary_adjacent(
