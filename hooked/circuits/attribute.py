@@ -83,34 +83,41 @@ def attribution_graph(
     budget = n_features if max_feature_nodes is None else min(max_feature_nodes, n_features)
 
     retained = _RetainedForward(model, tokens, in_names, out_names, by_layer, batch_size, clean["embed"])
-    rows = torch.zeros(n_features + n_logits, n_sources)  # [target, source]: features' rows, then the logits'
+    # [target, source]: the logits' rows, then the features' in the order they are visited (row_feature)
+    rows = torch.zeros(n_logits + budget, n_sources)
+    row_feature = torch.zeros(budget, dtype=torch.long)
     visited = torch.zeros(n_features, dtype=torch.bool)
+    filled = 0
     with progress_bar(total=n_logits + budget, progress=progress, desc="attribution graph", unit="node") as bar:
         for start in range(0, n_logits, batch_size):
             chunk = range(start, min(start + batch_size, n_logits))
-            rows[n_features + chunk.start : n_features + chunk.stop] = retained.rows(
+            rows[chunk.start : chunk.stop] = retained.rows(
                 [("final", n_pos - 1, logit_vectors[i]) for i in chunk], parts, n_sources
             )
             bar.update(len(chunk))
         encoders = torch.cat([part["encoders"] for part in parts])
-        while int(visited.sum()) < budget:
-            for chunk in _next_features(rows, visited, probabilities, budget, batch_size):
+        while filled < budget:
+            computed = rows[: n_logits + filled], row_feature[:filled]
+            for chunk in _next_features(*computed, visited, probabilities, budget, batch_size):
                 injections = [(("in", int(features[i, 0])), int(features[i, 1]), encoders[i]) for i in chunk]
-                rows[chunk] = retained.rows(injections, parts, n_sources)
+                rows[n_logits + filled : n_logits + filled + len(chunk)] = retained.rows(injections, parts, n_sources)
+                row_feature[filled : filled + len(chunk)] = chunk
                 visited[chunk] = True
+                filled += len(chunk)
                 bar.update(len(chunk))
     del retained  # the batch-sized graph
 
     bias = _bias_run(model, tokens, clean, parts, in_names, out_names, by_layer)
     n_kept = int(visited.sum())
     n_nodes = n_kept + (n_layers + 1) * n_pos + n_logits
-    targets_rows = torch.cat([torch.nonzero(visited).flatten(), torch.arange(n_features, n_features + n_logits)])
+    # features' rows sorted by feature (as their nodes are), then the logits'
+    target_rows = rows[torch.cat([n_logits + torch.argsort(row_feature), torch.arange(n_logits)])]
     source_columns = torch.cat([visited, torch.ones(n_sources - n_features, dtype=torch.bool)])
     node_rows = torch.cat([torch.arange(n_kept), torch.arange(n_nodes - n_logits, n_nodes)])
     adjacency = torch.zeros(n_nodes, n_nodes)
     dropped, values, node_bias = torch.zeros(n_nodes), torch.zeros(n_nodes), torch.zeros(n_nodes)
-    adjacency[node_rows, : n_nodes - n_logits] = rows[targets_rows][:, source_columns]
-    dropped[node_rows] = rows[targets_rows][:, :n_features][:, ~visited].sum(-1)
+    adjacency[node_rows, : n_nodes - n_logits] = target_rows[:, source_columns]
+    dropped[node_rows] = target_rows[:, :n_features][:, ~visited].sum(-1)
     values[node_rows] = torch.cat([torch.cat([part["values"] for part in parts])[visited], logit_values])
     logit_bias = (bias["final"] @ logit_vectors.T + _demeaned(model.unembed.b_U, logit_ids)).cpu()
     node_bias[node_rows] = torch.cat([bias["features"][visited], logit_bias])
@@ -343,17 +350,18 @@ class _RetainedForward:
         return row
 
 
-def _next_features(rows: Tensor, visited: Tensor, probabilities: Tensor, budget: int, batch_size: int):
-    """Batches of features to compute rows for next: all of them in order, or, under a budget, the unvisited
-    ones with the most influence on the logits through the rows computed so far."""
+def _next_features(rows: Tensor, row_feature: Tensor, visited: Tensor, probabilities: Tensor, budget: int, size: int):
+    """Batches of `size` features to compute rows for next: all of them in order, or, under a budget, the
+    unvisited ones with the most influence on the logits through the rows computed so far (4 batches at a
+    time, then ranked again)."""
     n_features = len(visited)
     if budget == n_features:
         pending = torch.nonzero(~visited).flatten()
     else:
-        influence = partial_influence(rows, visited, probabilities)[:n_features]
+        influence = partial_influence(rows, row_feature, probabilities)[:n_features]
         ranked = torch.argsort(influence, descending=True)
-        pending = ranked[~visited[ranked]][: min(4 * batch_size, budget - int(visited.sum()))]
-    return [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+        pending = ranked[~visited[ranked]][: min(4 * size, budget - int(visited.sum()))]
+    return [pending[i : i + size] for i in range(0, len(pending), size)]
 
 
 def _bias_run(model, tokens, clean, parts, in_names, out_names, by_layer) -> dict:

@@ -36,19 +36,19 @@ def influence(adjacency: Tensor, logit_weights: Tensor, max_steps: int = 10_000)
     raise RuntimeError("Influence did not converge: the adjacency has a cycle, which no attribution graph has.")
 
 
-def partial_influence(rows: Tensor, computed: Tensor, probabilities: Tensor) -> Tensor:
+def partial_influence(rows: Tensor, row_feature: Tensor, probabilities: Tensor) -> Tensor:
     """Influence on the sources (columns) through the rows computed so far, while a graph is being built:
-    `rows` [n_features + n_logits, n_sources] (features' rows first, one per feature column), `computed`
-    marks the feature rows that are filled in, the logits' rows all are."""
-    n_features = len(computed)
+    `rows` [n_logits + k, n_sources] are the logits' rows and then those of k features, `row_feature` [k]
+    the feature (source column) each of those k rows belongs to."""
+    n_logits = len(probabilities)
     A = normalized(rows)
-    step = probabilities.to(A) @ A[n_features:]
+    step = probabilities.to(A) @ A[:n_logits]
     total = step.clone()
     while True:
-        weights = step[:n_features] * computed
+        weights = step[row_feature]  # what reaches each feature whose own row is known
         if not weights.any():
             return total
-        step = weights @ A[:n_features]
+        step = weights @ A[n_logits:]
         total += step
 
 
