@@ -277,7 +277,7 @@ class _RetainedForward:
     def __init__(self, model, tokens, in_names, out_names, by_layer, batch_size: int, embed: Tensor) -> None:
         self.captured: dict = {}
         self.embed, self.n_layers = embed, len(out_names)
-        hooks = [("hook_embed", self._leaf("embed")), ("unembed.hook_in", self._capture("final"))]
+        hooks = [("hook_embed", self._leaf("embed"))]
         for layer, (read, write) in enumerate(zip(in_names, out_names, strict=True)):
             hooks += [(read, self._capture(("in", layer))), (write, self._output(layer, by_layer.get(layer)))]
         flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
@@ -285,7 +285,9 @@ class _RetainedForward:
             for parameter, _ in flags:  # gradients are wanted for activations only
                 parameter.requires_grad_(False)
             with torch.enable_grad(), model.frozen(), model.hooks(fwd_hooks=hooks):
-                model(tokens.expand(batch_size, -1))
+                # up to the unembedding's input: the logits themselves ([batch, pos, d_vocab]) are never needed
+                residual = model(tokens.expand(batch_size, -1), stop_at_layer=model.cfg.n_layers)
+                self.captured["final"] = model.ln_final(residual)
         finally:
             for parameter, flag in flags:
                 parameter.requires_grad_(flag)
