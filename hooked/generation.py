@@ -93,6 +93,9 @@ def generate_stream(
     cache = KVCache.for_model(model) if use_past_kv_cache else None
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     step_tokens, step_mask = tokens, mask
+    # The points with hooks now (generation's hooks are attached before it starts): each pass tells them where
+    # its positions start, in ctx["position_offset"], a few dict writes per step rather than a walk of all points.
+    hooked_points = [point for point in model.hook_dict.values() if point._forward_hooks or point.has_backward_hooks]
     for step in progress_bar(range(max_new_tokens), progress=None if verbose else False, desc="Generating"):
         if tokens.shape[1] == model.cfg.n_ctx:  # a longer prompt is refused by the model, by name
             warnings.warn(
@@ -103,6 +106,9 @@ def generate_stream(
             return
         if cache is not None and _crosses_longrope_switch(model, len(cache), tokens.shape[1]):
             cache, step_tokens, step_mask = KVCache.for_model(model), tokens, mask
+        offset = tokens.shape[1] - step_tokens.shape[1] if cache is not None else 0
+        for point in hooked_points:
+            point.ctx["position_offset"] = offset
         if cache is not None:
             logits = model(step_tokens, attention_mask=step_mask, past_kv_cache=cache, logits_to_keep=1)
         else:
@@ -172,7 +178,9 @@ def generate(
     covers the prompt, and each later pass only the token just chosen, so a hook sees [batch, 1, ...]
     ([batch, n_heads, 1, keys so far] at `hook_pattern` and `hook_attn_scores`). That token's absolute
     position is the number of tokens before it, prompt padding included: `pattern.shape[-1] - 1` in a
-    pattern hook. With `use_past_kv_cache=False` each step reruns the whole sequence, every position; so
+    pattern hook, and in any hook `hook.ctx["position_offset"]`, which each pass sets on the points hooked
+    when generation starts to the absolute position of the first position its tensors hold (0 for the
+    prompt; 0 on every step without the cache). With `use_past_kv_cache=False` each step reruns the whole sequence, every position; so
     does, as in transformers, the step that takes a LongRoPE model past its original context."""
     _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)

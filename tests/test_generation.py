@@ -205,9 +205,14 @@ def test_return_cache_holds_every_position_as_generation_saw_it(model):
 def test_hooks_see_one_position_per_step_on_the_kv_cache(model, use_past_kv_cache):
     """The documented rule (generate's docstring): the prompt once, then one position per step, whose absolute
     position (left padding included) is the pattern's key count minus one; without the cache, everything."""
-    seen = {"resid": [], "pattern": []}
+    seen = {"resid": [], "pattern": [], "offset": []}
+
+    def resid(act, hook):
+        seen["resid"].append(act.shape[1])
+        seen["offset"].append(hook.ctx["position_offset"])  # where this pass's positions start
+
     hooks = [
-        ("blocks.0.hook_resid_pre", lambda act, hook: seen["resid"].append(act.shape[1])),
+        ("blocks.0.hook_resid_pre", resid),
         ("blocks.1.attn.hook_pattern", lambda act, hook: seen["pattern"].append(tuple(act.shape[2:]))),
     ]
     prompt = model.to_tokens(["the cat sat on the", "hello"], padding_side="left")  # row 1 is left-padded
@@ -220,6 +225,8 @@ def test_hooks_see_one_position_per_step_on_the_kv_cache(model, use_past_kv_cach
     if use_past_kv_cache:
         assert seen["resid"] == [n, 1, 1, 1]
         assert seen["pattern"] == [(n, n), (1, n + 1), (1, n + 2), (1, n + 3)]
+        assert seen["offset"] == [0, n, n + 1, n + 2]
     else:
         assert seen["resid"] == [n, n + 1, n + 2, n + 3]
         assert seen["pattern"] == [(p, p) for p in range(n, n + 4)]
+        assert seen["offset"] == [0, 0, 0, 0]
