@@ -180,8 +180,9 @@ def generate(
     position is the number of tokens before it, prompt padding included: `pattern.shape[-1] - 1` in a
     pattern hook, and in any hook `hook.ctx["position_offset"]`, which each pass sets on the points hooked
     when generation starts to the absolute position of the first position its tensors hold (0 for the
-    prompt; 0 on every step without the cache). With `use_past_kv_cache=False` each step reruns the whole sequence, every position; so
-    does, as in transformers, the step that takes a LongRoPE model past its original context."""
+    prompt; 0 on every step without the cache). With `use_past_kv_cache=False` each step reruns the whole
+    sequence, every position; so does, as in transformers, the step that takes a LongRoPE model past its
+    original context."""
     _check_max_new_tokens(max_new_tokens)
     prompt, mask = _prompt_tokens(model, input, prepend_bos, padding_side, attention_mask)
     steps = generate_stream(
