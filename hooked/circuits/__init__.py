@@ -1,8 +1,8 @@
 """Circuits: attribution graphs on the local replacement model of transcoders (Ameisen et al. 2025).
 
 `replacement.py` (transcoders in place of the MLPs, with error nodes; `linear_skip`), `attribute.py`
-(`attribution_graph`), `graph.py` (`AttributionGraph`, its completeness check), `prune.py` (influence,
-pruning), `export.py` (circuit-tracer / Neuronpedia viewer JSON).
+(`attribution_graph`) and its forward passes (`passes.py`), `graph.py` (`AttributionGraph`, its completeness
+check), `prune.py` (influence, pruning), `export.py` (circuit-tracer / Neuronpedia viewer JSON).
 """
 
 from hooked.circuits.attribute import attribution_graph
