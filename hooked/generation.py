@@ -95,7 +95,7 @@ def generate_stream(
     step_tokens, step_mask = tokens, mask
     # The points with hooks now (generation's hooks are attached before it starts): each pass tells them where
     # its positions start, in ctx["position_offset"], a few dict writes per step rather than a walk of all points.
-    hooked_points = [point for point in model.hook_dict.values() if point._forward_hooks or point.has_backward_hooks]
+    hooked_points = [point for point in model.hook_dict.values() if point.has_hooks]
     for step in progress_bar(range(max_new_tokens), progress=None if verbose else False, desc="Generating"):
         if tokens.shape[1] == model.cfg.n_ctx:  # a longer prompt is refused by the model, by name
             warnings.warn(

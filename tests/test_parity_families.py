@@ -472,14 +472,18 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(REFUSED))
-def test_config_fields_that_change_numbers_are_refused(case):
+def assert_refused(name: str, architecture: str, fields: dict, message: str) -> None:
+    """The config `name` with `fields`, saved as `architecture`, is refused with an error matching `message`."""
     from hooked.loading import UnsupportedConfigError, build
 
-    name, architecture, fields, message = REFUSED[case]
     hf = config(name, architectures=[architecture], **fields).to_dict()
     with pytest.raises(UnsupportedConfigError, match=message):
         build(HookedTransformer, hf, checkpoint=None)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_config_fields_that_change_numbers_are_refused(case):
+    assert_refused(*REFUSED[case])
 
 
 def test_config_validates_the_family_fields():

@@ -15,6 +15,7 @@ from conftest import assert_close, rope_kwargs, save_tiny
 from test_parity_families import (  # noqa: F401
     MOE_HOOKS,
     V,
+    assert_refused,
     config,
     test_a_hook_on_every_point_takes_effect,
     test_a_live_model_loads_like_its_checkpoint,
@@ -281,12 +282,7 @@ REFUSED = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_config_fields_that_change_numbers_are_refused(case):
-    from hooked.loading import UnsupportedConfigError, build
-
-    name, architecture, fields, message = REFUSED[case]
-    hf = config(name, architectures=[architecture], **fields).to_dict()
-    with pytest.raises(UnsupportedConfigError, match=message):
-        build(HookedTransformer, hf, checkpoint=None)
+    assert_refused(*REFUSED[case])
 
 
 @pytest.mark.parametrize(

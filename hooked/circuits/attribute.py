@@ -38,7 +38,7 @@ from hooked.circuits.graph import AttributionGraph
 from hooked.circuits.passes import RetainedForward, bias_run
 from hooked.circuits.prune import partial_influence
 from hooked.circuits.replacement import check_transcoders
-from hooked.dictionaries import SAE, TopKSAE
+from hooked.dictionaries import SAE
 from hooked.dictionaries.splice import check_fits
 from hooked.progress import progress_bar
 
@@ -206,14 +206,6 @@ def _clean_run(model, tokens: Tensor, in_names: list[str], out_names: list[str])
     }
 
 
-def _decoder_rows(transcoder: SAE) -> Tensor:
-    """What one unit of each feature's activation writes, [d_sae, d_out]."""
-    W_dec = transcoder.W_dec.detach().float()
-    if isinstance(transcoder, TopKSAE) and transcoder.rescale_acts_by_decoder_norm:
-        return W_dec / W_dec.norm(dim=-1, keepdim=True)
-    return W_dec
-
-
 def _layer_part(transcoder: SAE | None, clean: dict, layer: int, constant_positions: int) -> dict:
     """One layer's nodes: its active features (ids, activations, pre-activations, encoder and scaled decoder
     rows), their summed writes, and its error vectors; positions before `constant_positions` have none."""
@@ -230,7 +222,7 @@ def _layer_part(transcoder: SAE | None, clean: dict, layer: int, constant_positi
             pre = transcoder.pre_activation(x)
             acts = transcoder.activation(pre).float()
             acts[:constant_positions] = 0
-            writes = acts @ _decoder_rows(transcoder)
+            writes = acts @ transcoder.write_directions().detach().float()
             skip = transcoder.skip_term(x)
             recons = writes + transcoder.b_dec.float() + (0 if skip is None else skip.float())
         pos, index = torch.nonzero(acts, as_tuple=True)
@@ -239,7 +231,7 @@ def _layer_part(transcoder: SAE | None, clean: dict, layer: int, constant_positi
         part = {
             "values": pre[pos, index].float().cpu(),
             "encoders": transcoder.W_enc.detach()[:, index].T.float(),
-            "decoders": activations[:, None] * _decoder_rows(transcoder)[index],
+            "decoders": activations[:, None] * transcoder.write_directions().detach().float()[index],
         }
     error = out - recons
     error[:constant_positions] = 0

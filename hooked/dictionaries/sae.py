@@ -113,6 +113,10 @@ class SAE(HookedRootModule):
     def decoder(self, acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_out"]:
         return acts @ self.W_dec + self.b_dec
 
+    def write_directions(self) -> Float[Tensor, "d_sae d_out"]:
+        """What one unit of each feature's activation adds to the reconstruction (W_dec's rows here)."""
+        return self.W_dec
+
     def skip_term(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"] | None:
         """A skip transcoder's linear path x @ W_skip.T, added to the reconstruction; None without one."""
         return None if self.W_skip is None else x.to(self.dtype) @ self.W_skip.T
@@ -207,9 +211,15 @@ class TopKSAE(SAE):
         return torch.zeros_like(acts_pre).scatter(-1, top.indices, top.values.relu())
 
     def decoder(self, acts: Tensor) -> Tensor:
-        if self.rescale_acts_by_decoder_norm:
+        if self.rescale_acts_by_decoder_norm:  # acts / norm, then W_dec: SAELens's order, for its exact numbers
             acts = acts * (1 / self.W_dec.norm(dim=-1))
         return super().decoder(acts)
+
+    def write_directions(self) -> Tensor:
+        """W_dec's rows, divided by their norms where the activations were scaled by them."""
+        if self.rescale_acts_by_decoder_norm:
+            return self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
+        return self.W_dec
 
 
 class BatchTopKSAE(TopKSAE):
