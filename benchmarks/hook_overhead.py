@@ -11,10 +11,10 @@ microseconds of Python and kernel launches, so differences between runs are the 
   removed after each forward (the same lifetime as a `run_with_hooks` hook), with a no-op hook and with
   one storing the output in a dict (what a cache does).
 
-Every variant runs once per round, in turn, for `--rounds` rounds (interleaved, so load on a shared
-machine hits all alike); each timing is the mean of `--calls` back-to-back calls. Medians over rounds
-with the spread (min-max), in microseconds, written to JSON. nnsight's published figure for comparison
-is 245 us per trace (quoted, not run here).
+Calls of all variants are interleaved one by one and timed in this thread's CPU time (see `measure`);
+each round gives the mean of `--calls` calls per variant, and the fixed and per-hook costs are worked out
+round by round. Medians over rounds with the spread (min-max), in microseconds, written to JSON.
+nnsight's published figure for comparison is 245 us per trace (quoted, not run here).
 
     python benchmarks/hook_overhead.py [--rounds 7] [--calls 200] [--out benchmarks/results/hook_overhead.json]
 """
@@ -76,15 +76,26 @@ def torch_hooks(model: HookedTransformer, tokens: torch.Tensor, modules: list, s
 
 
 def measure(runs: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Per round, the mean time of one call of each variant, in microseconds of this thread's CPU time.
+
+    Calls are interleaved one by one (each variant once, in turn, `calls` times, the order reversed every
+    other pass), and timed with the thread's CPU clock: on one torch thread all the work is this thread's,
+    and time the machine gives to other jobs (the noise that made wall-clock differences of a few
+    microseconds unreadable here) is not counted."""
     for fn in runs.values():  # warm-up
         fn()
+    order = list(runs.items())
     times: dict[str, list[float]] = {name: [] for name in runs}
+    clock = time.thread_time_ns
     for _ in range(rounds):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            for _ in range(calls):
+        totals = dict.fromkeys(runs, 0)
+        for i in range(calls):
+            for name, fn in order if i % 2 == 0 else reversed(order):
+                start = clock()
                 fn()
-            times[name].append((time.perf_counter() - start) / calls * 1e6)
+                totals[name] += clock() - start
+        for name, total in totals.items():
+            times[name].append(total / calls / 1e3)
     return times
 
 
@@ -120,6 +131,7 @@ def main() -> None:
         "rounds": args.rounds,
         "calls_per_timing": args.calls,
         "threads": args.threads,
+        "clock": "this thread's CPU time, calls of all variants interleaved one by one",
         "torch": torch.__version__,
         "nnsight_published_us_per_trace": 245,
         **summarize(times, len(model.hook_dict)),

@@ -80,8 +80,9 @@ def hook_table(results: dict) -> list[str]:
     forward = results["timings"]["forward"]
     lines = [
         f"Hook overhead on {results['model']} ({results['n_hook_points']} hook points; plain forward "
-        f"{_us(forward, 0)} us): medians of {results['rounds']} interleaved rounds of {results['calls_per_timing']} "
-        "calls each, with the spread. Fixed cost: a call with no hook minus the plain forward; per hook: the slope "
+        f"{_us(forward, 0)} us): {results.get('clock', 'wall-clock time')}, medians of {results['rounds']} interleaved "
+        f"rounds of {results['calls_per_timing']} calls each, with the spread. "
+        "Fixed cost: a call with no hook minus the plain forward; per hook: the slope "
         f"from none to all {results['n_hook_points']} points. nnsight's published figure, for comparison: "
         f"{results['nnsight_published_us_per_trace']} us per trace (not run here).",
         "",
@@ -110,10 +111,64 @@ def memory_table(results: dict) -> list[str]:
     ]
 
 
+EXTRACTION_ROWS = [
+    ("hooked_extract", "hooked `extract()` (forward stopped after the hook's layer, shards written)"),
+    ("reference", "transformers full forward + a PyTorch forward hook on that layer"),
+    ("hooked_full_forward_cache", "hooked full forward, `run_with_cache` of the one hook (for context)"),
+]
+
+
+def extraction_table(results: dict) -> list[str]:
+    per_repeat = results["speedup_per_repeat"]
+    lines = [
+        f"Extraction on {results['model']}, one hook (`{results['hook']}`), {results['tokens_per_repeat']} tokens "
+        f"per repeat ({results['batch']} x {results['seq']} per batch), median of {results['repeats']} interleaved "
+        f"repeats with the spread, {results['threads']} threads.",
+        "",
+        "| measure | median, s | spread, s | tokens/s |",
+        "|---|---|---|---|",
+    ]
+    for key, label in EXTRACTION_ROWS:
+        row = results[key]
+        lines.append(
+            f"| {label} | {row['median_s']:.2f} | {row['min_s']:.2f}-{row['max_s']:.2f} | {row['tokens_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Speedup of `extract()` over the reference: {results['speedup_reference_over_hooked_extract']:.2f}x "
+        f"(repeats {min(per_repeat):.2f}-{max(per_repeat):.2f}x); stopping after layer 10 of 30 allows 30/11 = 2.73x.",
+    ]
+    return lines
+
+
+def split_linear_table(results: dict) -> list[str]:
+    lines = [
+        f"`hooked.components.linear` against F.linear ({results['threads']} threads; median of {results['rounds']} "
+        f"interleaved rounds of {results['calls']} calls, ratio ours / F.linear with the round-by-round spread; "
+        "the split applies to weights of at least "
+        f"{results['min_weight_numel']} numbers; the numbers are checked bit-identical to F.linear on one thread):",
+        "",
+        "| weight | rows | split | F.linear, us | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in results["rows"].items():
+        weight, rows = key.split(" | ")
+        ratio = f"{row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+        lines.append(f"| {weight} | {rows} | {'yes' if row['split'] else 'no'} | {row['f_linear_us']:.0f} | {ratio} |")
+    return lines
+
+
 def render(results_dir: Path) -> str:
     """The generated part of the README (between the markers), from the JSON files present."""
     parts = []
-    for name, table in (("compare_hf", compare_table), ("hook_overhead", hook_table), ("cache_memory", memory_table)):
+    tables = (
+        ("compare_hf", compare_table),
+        ("split_linear", split_linear_table),
+        ("hook_overhead", hook_table),
+        ("cache_memory", memory_table),
+        ("extraction", extraction_table),
+    )
+    for name, table in tables:
         path = results_dir / f"{name}.json"
         if path.exists():
             parts.append("\n".join(table(json.loads(path.read_text()))))

@@ -22,6 +22,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from hooked.components.kv_cache import LayerKV
+from hooked.components.linear import linear
 from hooked.components.norms import make_qk_norm
 from hooked.components.positional import Rotary, alibi_slopes, apply_rotary, apply_rotary_adjacent
 from hooked.config import AttnType, HookedTransformerConfig
@@ -45,7 +46,7 @@ def _fused(w: Float[Tensor, "n_heads d_in d_head"]) -> Float[Tensor, "n_heads_d_
 def _project(x: Tensor, w: Tensor, b: Tensor | None) -> Float[Tensor, "batch pos n_heads d_head"]:
     """x @ W (+ b) per head; x is shared [batch, pos, d_model] or per head [batch, pos, n_heads, d_model]."""
     if x.ndim == 3:
-        out = F.linear(x, _fused(w), None if b is None else b.flatten())
+        out = linear(x, _fused(w), None if b is None else b.flatten())
         return out.unflatten(-1, (w.shape[0], w.shape[2]))
     out = torch.einsum("bpnm,nmh->bpnh", x, w)
     return out + b if b is not None else out
@@ -228,16 +229,16 @@ class Attention(nn.Module):
     def _write(self, z: Float[Tensor, "batch pos n_heads d_head"]) -> Float[Tensor, "batch pos d_model"]:
         fused_out = self.W_O.permute(2, 0, 1).flatten(1)  # [d_model, n_heads * d_head], a view
         if not listening(self.hook_result):
-            return F.linear(z.flatten(-2), fused_out, self.b_O)
+            return linear(z.flatten(-2), fused_out, self.b_O)
         result = torch.einsum("bpnh,nhm->bpnm", z, self.W_O)
         if not may_edit(self.hook_result):  # observers only (caching): keep the fused path
             self.hook_result(result)
-            return F.linear(z.flatten(-2), fused_out, self.b_O)
+            return linear(z.flatten(-2), fused_out, self.b_O)
         # An unchanged result keeps the fused (bit-identical) path; gradients need the per-head one.
         reference = None if wants_gradient(self.hook_result) else result.clone()
         result = self.hook_result(result)
         if reference is not None and torch.equal(result, reference):
-            return F.linear(z.flatten(-2), fused_out, self.b_O)
+            return linear(z.flatten(-2), fused_out, self.b_O)
         out = result.sum(dim=2)
         return out + self.b_O if self.b_O is not None else out
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooked.components.linear import linear
 from hooked.components.norms import make_norm
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
@@ -46,11 +47,12 @@ class Unembed(nn.Module):
 
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
-        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
+        # [d_model, d_vocab_out] as users index it, laid out as Linear's [d_vocab_out, d_model] (as a tied W_U,
+        # W_E.T, is), so `linear` can split it on a decoding step.
+        self.W_U = nn.Parameter(torch.empty(cfg.d_vocab_out, cfg.d_model).T)
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out)) if cfg.unembed_bias else None
         self.hook_in = HookPoint()  # [batch, pos, d_model]
         self.hook_out = HookPoint()  # [batch, pos, d_vocab_out]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab_out"]:
-        # W_U is stored [d_model, d_vocab_out] as users expect; .T is a free view for F.linear.
-        return self.hook_out(F.linear(self.hook_in(x), self.W_U.T, self.b_U))
+        return self.hook_out(linear(self.hook_in(x), self.W_U.T, self.b_U))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from hooked.components.linear import linear
 from hooked.config import HookedTransformerConfig
 from hooked.hook_points import HookPoint
 
@@ -53,9 +54,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
+        pre = self.hook_pre(linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre))
-        return F.linear(post, self.W_out.T, self.b_out)
+        return linear(post, self.W_out.T, self.b_out)
 
 
 def xielu(x: Tensor, alpha_p: Tensor, alpha_n: Tensor, beta: Tensor, eps: Tensor) -> Tensor:
@@ -96,10 +97,10 @@ class GatedMLP(nn.Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
-        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
-        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
+        pre = self.hook_pre(linear(x, self.W_gate.T, self.b_gate))
+        pre_linear = self.hook_pre_linear(linear(x, self.W_in.T, self.b_in))
         post = self.hook_post(self.act(pre) * pre_linear)
-        return F.linear(post, self.W_out.T, self.b_out)
+        return linear(post, self.W_out.T, self.b_out)
 
 
 class ClampedGatedMLP(GatedMLP):
@@ -110,11 +111,11 @@ class ClampedGatedMLP(GatedMLP):
         self.limit = cfg.gated_mlp_limit
 
     def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
-        pre = self.hook_pre(F.linear(x, self.W_gate.T, self.b_gate))
-        pre_linear = self.hook_pre_linear(F.linear(x, self.W_in.T, self.b_in))
-        linear = pre_linear.clamp(-self.limit, self.limit) + 1
-        post = self.hook_post(self.act(pre.clamp(max=self.limit)) * linear)
-        return F.linear(post, self.W_out.T, self.b_out)
+        pre = self.hook_pre(linear(x, self.W_gate.T, self.b_gate))
+        pre_linear = self.hook_pre_linear(linear(x, self.W_in.T, self.b_in))
+        shifted = pre_linear.clamp(-self.limit, self.limit) + 1
+        post = self.hook_post(self.act(pre.clamp(max=self.limit)) * shifted)
+        return linear(post, self.W_out.T, self.b_out)
 
 
 def make_gated_mlp(cfg: HookedTransformerConfig, d_mlp: int = 0) -> GatedMLP:
