@@ -7,8 +7,9 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_llama
 
-from hooked import HookedTransformer, HookedTransformerConfig
+from hooked import HookedTransformer
 from hooked.components.kv_cache import KVCache
 from hooked.components.linear import MIN_WEIGHT_NUMEL, _blocks, linear
 
@@ -64,19 +65,7 @@ def test_where_the_split_does_not_apply_it_is_f_linear():
 def test_a_decoding_step_has_the_same_bits_split_and_on_one_thread():
     """On one thread a model takes F.linear everywhere; on two the unembedding and the MLP are split: the same
     logits, for the prompt and for a decoding step."""
-    cfg = HookedTransformerConfig(
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
-        d_vocab=8192,
-        n_ctx=32,
-        d_mlp=8192,
-        act_fn="silu",
-        gated_mlp=True,
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        seed=0,
-    )
+    cfg = tiny_llama(d_model=64, n_layers=2, d_vocab=8192, n_ctx=32, d_mlp=8192, seed=0)
     model = HookedTransformer(cfg).eval()
     tokens = torch.randint(0, cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(1))
     steps = {}
