@@ -47,9 +47,8 @@ class Unembed(nn.Module):
 
     def __init__(self, cfg: HookedTransformerConfig) -> None:
         super().__init__()
-        # Stored [d_model, d_vocab_out] as users expect. (Laid out as Linear's [d_vocab_out, d_model], as a tied
-        # W_U is, `linear` could split it on a decoding step, but MKL's rounding then changes with the batch size
-        # in the patching tests' 1e-5 checks: left for a later change.)
+        # [d_model, d_vocab_out] in memory too, so `linear` splits only a tied W_U (W_E.T, Linear's layout): an
+        # untied one in Linear's layout made MKL round differently across batch sizes (tests/test_patching.py).
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out)) if cfg.unembed_bias else None
         self.hook_in = HookPoint()  # [batch, pos, d_model]

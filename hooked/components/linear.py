@@ -54,6 +54,8 @@ def linear(
 
 def _blocks(x: Tensor, weight: Tensor) -> int:
     """How many blocks to split the weight into: 1 (plain F.linear) wherever splitting was not measured to help."""
+    if x.numel() > MAX_ROWS * x.shape[-1]:  # first: a whole-sequence forward leaves here, after one comparison
+        return 1
     threads = torch.get_num_threads()
     if (
         threads < 2
@@ -63,7 +65,6 @@ def _blocks(x: Tensor, weight: Tensor) -> int:
         or weight.numel() < MIN_WEIGHT_NUMEL
         or not weight.is_contiguous()
         or weight.shape[0] < threads
-        or x.numel() > MAX_ROWS * x.shape[-1]
         or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
         return 1
