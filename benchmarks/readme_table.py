@@ -143,7 +143,9 @@ def extraction_table(results: dict) -> list[str]:
 
 def split_linear_table(results: dict) -> list[str]:
     lines = [
-        f"`hooked.components.linear` against F.linear ({results['threads']} threads; median of {results['rounds']} "
+        f"`hooked.components.linear` against F.linear on {results['cpu']}, where the library "
+        f"{'takes' if results['split_on_this_cpu'] else 'does not take'} the split "
+        f"({results['threads']} threads; median of {results['rounds']} "
         f"interleaved rounds of {results['calls']} calls, ratio ours / F.linear with the round-by-round spread; "
         "the split applies to weights of at least "
         f"{results['min_weight_numel']} numbers; the numbers are checked bit-identical to F.linear on one thread):",

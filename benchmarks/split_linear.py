@@ -4,7 +4,8 @@ For each weight shape of SmolLM2-135M and GPT-2 small that reaches `MIN_WEIGHT_N
 (1, 8 and 64 rows: decoding at batch 1 and 8, and the largest count the split takes), both sides run
 one after the other, `--calls` times per round, for `--rounds` rounds: interleaved, so load on a shared
 machine hits both. Reports the median time per call, the ratio linear / F.linear and its spread over
-rounds, and checks that the two agree bit for bit with F.linear on one thread.
+rounds, and checks that the two agree bit for bit with F.linear on one thread. The split is measured on
+every CPU, whether or not `SPLIT_ON_THIS_CPU` takes it there; the JSON names the CPU and that verdict.
 
     python benchmarks/split_linear.py [--rounds 9] [--calls 20] [--out benchmarks/results/split_linear.json]
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hooked.components import linear as linear_module
 from hooked.components.linear import MAX_ROWS, MIN_WEIGHT_NUMEL, _blocks, linear
 
 SHAPES = {  # [d_out, d_in], as F.linear takes them
@@ -33,6 +35,13 @@ SHAPES = {  # [d_out, d_in], as F.linear takes them
     "GPT-2 unembed 50257 x 768 (odd: not split)": (50257, 768),
 }
 ROWS = (1, 8, MAX_ROWS)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def time_pair(x: torch.Tensor, weight: torch.Tensor, rounds: int, calls: int) -> tuple[list[float], list[float]]:
@@ -58,6 +67,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {"threads": args.threads, "rounds": args.rounds, "calls": args.calls, "torch": torch.__version__}
     results["min_weight_numel"], results["rows"] = MIN_WEIGHT_NUMEL, {}
+    results["cpu"], results["split_on_this_cpu"] = cpu_name(), linear_module.SPLIT_ON_THIS_CPU
+    linear_module.SPLIT_ON_THIS_CPU = True  # measure the split itself, wherever the gate would not take it
     print(f"{'weight':<44}{'rows':>5}{'split':>6}{'ours us':>10}{'F.linear us':>13}{'ratio':>7}{'spread':>12}")
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():

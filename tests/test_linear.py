@@ -10,8 +10,16 @@ import torch.nn.functional as F
 from conftest import tiny_llama
 
 from hooked import HookedTransformer
+from hooked.components import linear as linear_module
 from hooked.components.kv_cache import KVCache
 from hooked.components.linear import MIN_WEIGHT_NUMEL, _blocks, linear
+
+
+@pytest.fixture(autouse=True)
+def split_on_this_cpu(monkeypatch):
+    """The split's arithmetic is the same on every CPU; only whether it pays is vendor-dependent, so the
+    tests take it wherever they run."""
+    monkeypatch.setattr(linear_module, "SPLIT_ON_THIS_CPU", True)
 
 
 @contextlib.contextmanager
@@ -60,6 +68,23 @@ def test_where_the_split_does_not_apply_it_is_f_linear():
         linear(x, w).sum().backward()
         assert torch.equal(w.grad, x.expand(1536, 576))
     assert MIN_WEIGHT_NUMEL > 192 * 576
+
+
+def test_on_a_cpu_where_mkl_spreads_few_rows_itself_it_is_f_linear(monkeypatch):
+    monkeypatch.setattr(linear_module, "SPLIT_ON_THIS_CPU", False)
+    with threads(2), torch.inference_mode():
+        assert _blocks(torch.randn(1, 576), torch.randn(1536, 576)) == 1
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "mkl_splits"),
+    [("vendor_id\t: GenuineIntel\n", True), ("vendor_id\t: AuthenticAMD\n", False), ("processor\t: 0\n", True)],
+)
+def test_the_vendor_gate_reads_proc_cpuinfo(monkeypatch, cpuinfo, mkl_splits):
+    import io
+
+    monkeypatch.setattr("builtins.open", lambda *args, **kwargs: io.StringIO(cpuinfo))
+    assert linear_module._mkl_splits_few_rows_itself() is mkl_splits
 
 
 def test_a_decoding_step_has_the_same_bits_split_and_on_one_thread():

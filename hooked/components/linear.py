@@ -11,7 +11,10 @@ with the thread count, as F.linear's own do at some row counts (5-7, 9 and 10 ro
 unembedding took 0.55x the time at one row and 0.7x at eight, the MLP's 1536 x 576 matrices 0.7-0.8x
 (benchmarks/split_linear.py measures every shape and row count it applies to).
 
-It applies only where it was measured to help: float32 on the CPU, at most `MAX_ROWS` rows, a weight of
+That holds on AMD processors, where MKL takes its generic code path. On an Intel Xeon MKL runs the same
+products on every thread itself and the split was slower (1.0-1.8x), so it is taken only where
+/proc/cpuinfo names a non-Intel vendor (`SPLIT_ON_THIS_CPU`), and only where it was measured to help:
+float32 on the CPU, at most `MAX_ROWS` rows, a weight of
 at least `MIN_WEIGHT_NUMEL` numbers (a 192 x 576 key projection was slower split), laid out contiguously
 (Linear's [out, in]), with no gradient to record. Everywhere else it is F.linear.
 """
@@ -23,8 +26,20 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+
+def _mkl_splits_few_rows_itself() -> bool:
+    """Whether this CPU is an Intel one, on which MKL already spreads a few-row product over its threads."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            cpuinfo = file.read(1 << 16)
+    except OSError:  # not Linux: no measurement says the split helps there
+        return True
+    return "GenuineIntel" in cpuinfo or "vendor_id" not in cpuinfo
+
+
 MAX_ROWS = 64  # past a few dozen rows MKL parallelizes the product itself
 MIN_WEIGHT_NUMEL = 1 << 19  # 576 x 576 gained nothing measurable; 1536 x 576 gained 20-30%
+SPLIT_ON_THIS_CPU = not _mkl_splits_few_rows_itself()  # measured: faster on AMD EPYC, slower on Intel Xeon
 
 
 def linear(
@@ -54,7 +69,7 @@ def linear(
 
 def _blocks(x: Tensor, weight: Tensor) -> int:
     """How many blocks to split the weight into: 1 (plain F.linear) wherever splitting was not measured to help."""
-    if x.numel() > MAX_ROWS * x.shape[-1]:  # first: a whole-sequence forward leaves here, after one comparison
+    if not SPLIT_ON_THIS_CPU or x.numel() > MAX_ROWS * x.shape[-1]:  # first: a whole-sequence forward leaves
         return 1
     threads = torch.get_num_threads()
     if (
