@@ -32,7 +32,7 @@ SHAPES = {  # [d_out, d_in], as F.linear takes them
     "GPT-2 qkv 2304 x 768": (2304, 768),
     "GPT-2 mlp in 3072 x 768": (3072, 768),
     "GPT-2 mlp out 768 x 3072": (768, 3072),
-    "GPT-2 unembed 50257 x 768 (odd: not split)": (50257, 768),
+    "GPT-2 unembed 50257 x 768 (odd: overlapping blocks)": (50257, 768),
 }
 ROWS = (1, 8, MAX_ROWS)
 
