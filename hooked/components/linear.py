@@ -28,7 +28,8 @@ from torch import Tensor
 
 
 def _mkl_splits_few_rows_itself() -> bool:
-    """Whether this CPU is an Intel one, on which MKL already spreads a few-row product over its threads."""
+    """False only where /proc/cpuinfo names a non-Intel vendor: elsewhere MKL is taken to spread a few-row
+    product over its threads itself (measured on an Intel Xeon), or nothing was measured (no vendor line)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
             cpuinfo = file.read(1 << 16)
