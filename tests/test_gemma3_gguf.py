@@ -131,11 +131,17 @@ def test_greedy_generation_matches_transformers(gemma3, hf_gemma3):
 
 def test_residual_decomposition_adds_up_through_the_post_norms(gemma3):
     """Gemma 3 normalizes each sublayer's output before adding it: per-head and per-neuron writes are taken
-    through those norms (scale frozen), so the pieces still sum to the residual and to the logit difference."""
+    through those norms (scale frozen), so the pieces still sum to the residual and to the logit difference.
+
+    Gemma's pieces reach 1e5 and cancel to single digits, so the bound is the worst-case error of summing n
+    float32 terms, (n - 1) * eps * sum |piece|, not a tolerance on the (small) result: measured here 0.03 of
+    that bound, and dropping any one of 91 of the 92 pieces exceeds it."""
     with torch.no_grad():
         logits, cache = gemma3.run_with_cache(PROMPTS[1])
     stack = cache.get_full_resid_decomposition(expand_neurons=False)
-    assert_close(stack.sum(0), cache["resid_post", -1], "real_logits")
+    summation_error = (stack.shape[0] - 1) * torch.finfo(torch.float32).eps * stack.abs().sum(0)
+    gap = (stack.sum(0) - cache["resid_post", -1]).abs()
+    assert bool((gap <= 1e-4 + summation_error).all()), f"max gap / bound {(gap / (1e-4 + summation_error)).max():.3g}"
     attributions = cache.logit_attrs(stack[:, :, -1], " John", " Mary", pos_slice=-1)
     john, mary = gemma3.to_single_token(" John"), gemma3.to_single_token(" Mary")
     assert abs(attributions.sum().item() - (logits[0, -1, john] - logits[0, -1, mary]).item()) < 1e-3
